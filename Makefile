@@ -43,3 +43,6 @@ fmt: install ## Format and autofix with ruff.
 .PHONY: test
 test: lint ## Lint, type-check and run every test that needs no Docker engine or cluster.
 	$(PY) -m pytest -m "not container and not e2e" $(PYTEST_ARGS)
+
+# Targets of each area (image, chart, e2e, bench) live in mk/<area>.mk.
+-include mk/*.mk
