@@ -1,0 +1,360 @@
+{{/*
+Chart name, truncated to 63 characters.
+*/}}
+{{- define "kiqstack.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name: <release>-kiqstack, or <release> when the release name already contains the chart name.
+Component names append "-server" / "-worker", so keep room for them (55 + 7 = 62).
+*/}}
+{{- define "kiqstack.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 55 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 55 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 55 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "kiqstack.serverName" -}}
+{{- printf "%s-server" (include "kiqstack.fullname" .) }}
+{{- end }}
+
+{{- define "kiqstack.workerName" -}}
+{{- printf "%s-worker" (include "kiqstack.fullname" .) }}
+{{- end }}
+
+{{- define "kiqstack.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The image tag without a digest, for the version label.
+*/}}
+{{- define "kiqstack.versionLabel" -}}
+{{- regexReplaceAll "@.*$" (default .Chart.AppVersion .Values.image.tag) "" | trunc 63 | trimSuffix "-" | quote }}
+{{- end }}
+
+{{/*
+Selector labels. Call with (dict "ctx" $ "component" "server").
+They never change across upgrades (no version, no chart).
+*/}}
+{{- define "kiqstack.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kiqstack.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+{{- with .component }}
+app.kubernetes.io/component: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Common labels. Call with (dict "ctx" $ "component" "server"); component may be empty.
+*/}}
+{{- define "kiqstack.labels" -}}
+helm.sh/chart: {{ include "kiqstack.chart" .ctx }}
+{{ include "kiqstack.selectorLabels" . }}
+app.kubernetes.io/version: {{ include "kiqstack.versionLabel" .ctx }}
+app.kubernetes.io/part-of: kiqstack
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "kiqstack.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag | toString) }}
+{{- end }}
+
+{{- define "kiqstack.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "kiqstack.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Full name of a dependency chart, computed exactly like the subchart's own fullname helper
+(nats-io/k8s "nats.fullname", valkey-io/valkey-helm "valkey.fullname"): fullnameOverride wins,
+else <release>-<name>, or <release> alone when the release name contains <name>.
+Call with (dict "ctx" $ "chart" "nats" "values" .Values.nats).
+*/}}
+{{- define "kiqstack.dependencyFullname" -}}
+{{- $values := .values | default dict }}
+{{- if $values.fullnameOverride }}
+{{- $values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .chart $values.nameOverride }}
+{{- if contains $name .ctx.Release.Name }}
+{{- .ctx.Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .ctx.Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "kiqstack.nats.fullname" -}}
+{{- include "kiqstack.dependencyFullname" (dict "ctx" . "chart" "nats" "values" .Values.nats) }}
+{{- end }}
+
+{{- define "kiqstack.valkey.fullname" -}}
+{{- include "kiqstack.dependencyFullname" (dict "ctx" . "chart" "valkey" "values" .Values.valkey) }}
+{{- end }}
+
+{{/*
+NATS_URL of the subchart's client Service (port 4222 unless config.nats.port is changed).
+*/}}
+{{- define "kiqstack.nats.url" -}}
+{{- $port := 4222 }}
+{{- with .Values.nats.config }}{{ with .nats }}{{ with .port }}{{ $port = . }}{{ end }}{{ end }}{{ end }}
+{{- printf "nats://%s:%v" (include "kiqstack.nats.fullname" .) $port }}
+{{- end }}
+
+{{/*
+NATS monitoring endpoint for KEDA: the headless Service, so the scaler can reach the consumer
+leader of a clustered JetStream by pod name.
+*/}}
+{{- define "kiqstack.nats.monitoringEndpoint" -}}
+{{- $ka := .Values.worker.autoscaling.keda }}
+{{- if $ka.natsServerMonitoringEndpoint }}
+{{- $ka.natsServerMonitoringEndpoint }}
+{{- else if .Values.nats.enabled }}
+{{- $port := 8222 }}
+{{- with .Values.nats.config }}{{ with .monitor }}{{ with .port }}{{ $port = . }}{{ end }}{{ end }}{{ end }}
+{{- printf "%s-headless.%s.svc.cluster.local:%v" (include "kiqstack.nats.fullname" .) .Release.Namespace $port }}
+{{- else }}
+{{- .Values.externalNats.monitoringEndpoint }}
+{{- end }}
+{{- end }}
+
+{{/*
+REDIS_URL of the subchart's Service (without credentials).
+*/}}
+{{- define "kiqstack.valkey.host" -}}
+{{- $port := 6379 }}
+{{- with .Values.valkey.service }}{{ with .port }}{{ $port = . }}{{ end }}{{ end }}
+{{- printf "%s:%v" (include "kiqstack.valkey.fullname" .) $port }}
+{{- end }}
+
+{{- define "kiqstack.valkey.authEnabled" -}}
+{{- if and .Values.valkey.enabled .Values.valkey.auth .Values.valkey.auth.enabled }}true{{ end }}
+{{- end }}
+
+{{/*
+Where the Valkey "default" user's password lives: (dict "name" <secret> "key" <key>).
+*/}}
+{{- define "kiqstack.valkey.passwordSecret" -}}
+{{- $auth := .Values.valkey.auth }}
+{{- $default := dig "aclUsers" "default" dict $auth }}
+{{- if $auth.usersExistingSecret }}
+{{- dict "name" (tpl $auth.usersExistingSecret .) "key" (default "default" $default.passwordKey) | toJson }}
+{{- else }}
+{{- dict "name" (printf "%s-auth" (include "kiqstack.valkey.fullname" .)) "key" "default-password" | toJson }}
+{{- end }}
+{{- end }}
+
+{{/*
+The chart's own Secret (API token and external URLs) is rendered when it has content.
+*/}}
+{{- define "kiqstack.secretName" -}}
+{{- include "kiqstack.fullname" . }}
+{{- end }}
+
+{{- define "kiqstack.createSecret" -}}
+{{- if or .Values.apiToken (and (not .Values.nats.enabled) .Values.externalNats.url) (and (not .Values.valkey.enabled) .Values.externalRedis.url) }}true{{ end }}
+{{- end }}
+
+{{/*
+Environment entries shared by both components (beyond the ConfigMap and the chart Secret):
+URLs from existing Secrets, the API token from an existing Secret, the Valkey password.
+*/}}
+{{- define "kiqstack.sharedEnv" -}}
+{{- if and (not .Values.nats.enabled) .Values.externalNats.existingSecret }}
+- name: NATS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.externalNats.existingSecret }}
+      key: {{ .Values.externalNats.existingSecretKey }}
+{{- end }}
+{{- if and (not .Values.valkey.enabled) .Values.externalRedis.existingSecret }}
+- name: REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.externalRedis.existingSecret }}
+      key: {{ .Values.externalRedis.existingSecretKey }}
+{{- end }}
+{{- if include "kiqstack.valkey.authEnabled" . }}
+{{- $ref := include "kiqstack.valkey.passwordSecret" . | fromJson }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $ref.name }}
+      key: {{ $ref.key }}
+- name: REDIS_URL
+  value: {{ printf "redis://default:$(REDIS_PASSWORD)@%s/0" (include "kiqstack.valkey.host" .) | quote }}
+{{- end }}
+{{- if .Values.existingSecret }}
+- name: API_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.existingSecret }}
+      key: {{ .Values.existingSecretKey }}
+{{- end }}
+{{- end }}
+
+{{/*
+Pod-level security context: top-level podSecurityContext with the component's on top.
+Call with (dict "ctx" $ "component" .Values.server).
+*/}}
+{{- define "kiqstack.podSecurityContext" -}}
+{{- toYaml (mergeOverwrite (deepCopy (.ctx.Values.podSecurityContext | default dict)) (deepCopy (.component.podSecurityContext | default dict))) }}
+{{- end }}
+
+{{- define "kiqstack.securityContext" -}}
+{{- toYaml (mergeOverwrite (deepCopy (.ctx.Values.securityContext | default dict)) (deepCopy (.component.securityContext | default dict))) }}
+{{- end }}
+
+{{/*
+Topology spread constraints with the component's selector filled in where missing.
+Call with (dict "ctx" $ "component" "server" "constraints" .Values.server.topologySpreadConstraints).
+*/}}
+{{- define "kiqstack.topologySpreadConstraints" -}}
+{{- $out := list }}
+{{- range .constraints }}
+{{- $c := deepCopy . }}
+{{- if not $c.labelSelector }}
+{{- $_ := set $c "labelSelector" (dict "matchLabels" (include "kiqstack.selectorLabels" (dict "ctx" $.ctx "component" $.component) | fromYaml)) }}
+{{- end }}
+{{- $out = append $out $c }}
+{{- end }}
+{{- toYaml $out }}
+{{- end }}
+
+{{/*
+Effective least replica count of the worker (for the PDB).
+*/}}
+{{- define "kiqstack.worker.minReplicas" -}}
+{{- if eq .Values.worker.autoscaling.mode "none" }}
+{{- .Values.worker.replicas }}
+{{- else }}
+{{- .Values.worker.autoscaling.minReplicas }}
+{{- end }}
+{{- end }}
+
+{{/*
+Fail unless the cluster serves an API (CRD), unless skipApiChecks is set.
+Call with (dict "ctx" $ "api" "keda.sh/v1alpha1/ScaledObject" "feature" "worker.autoscaling.mode=keda" "hint" "...").
+*/}}
+{{- define "kiqstack.requireApi" -}}
+{{- if not (or .ctx.Values.skipApiChecks (.ctx.Capabilities.APIVersions.Has .api)) }}
+{{- fail (printf "%s needs the %s API, which this cluster does not serve. %s Or set skipApiChecks=true (e.g. for `helm template` without --api-versions %s)." .feature .api .hint .api) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Pod-template annotations shared by both components.
+*/}}
+{{- define "kiqstack.podAnnotations" -}}
+checksum/config: {{ include (print .ctx.Template.BasePath "/configmap.yaml") .ctx | sha256sum }}
+checksum/secret: {{ include (print .ctx.Template.BasePath "/secret.yaml") .ctx | sha256sum }}
+{{- if .ctx.Values.metrics.scrapeAnnotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .port | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+{{- with .annotations }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The parts of a kiqstack pod spec that the server and the worker share.
+Call with (dict "ctx" $ "component" "server" "values" .Values.server).
+*/}}
+{{- define "kiqstack.podCommon" -}}
+{{- $ctx := .ctx -}}
+serviceAccountName: {{ include "kiqstack.serviceAccountName" $ctx }}
+automountServiceAccountToken: {{ $ctx.Values.serviceAccount.automount }}
+{{- with $ctx.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- include "kiqstack.podSecurityContext" (dict "ctx" $ctx "component" .values) | nindent 2 }}
+{{- with .values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- include "kiqstack.topologySpreadConstraints" (dict "ctx" $ctx "component" $.component "constraints" .) | nindent 2 }}
+{{- end }}
+volumes:
+  - name: tmp
+    emptyDir:
+      sizeLimit: {{ $ctx.Values.tmpSizeLimit }}
+{{- end }}
+
+{{/*
+Container fields shared by the server and the worker: image, env, security context, /tmp.
+Call with (dict "ctx" $ "runMode" "server" "values" .Values.server).
+*/}}
+{{- define "kiqstack.containerCommon" -}}
+{{- $ctx := .ctx -}}
+image: {{ include "kiqstack.image" $ctx | quote }}
+imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
+envFrom:
+  - configMapRef:
+      name: {{ include "kiqstack.fullname" $ctx }}
+  {{- if include "kiqstack.createSecret" $ctx }}
+  - secretRef:
+      name: {{ include "kiqstack.secretName" $ctx }}
+  {{- end }}
+env:
+  - name: RUN_MODE
+    value: {{ .runMode | quote }}
+  {{- with (include "kiqstack.sharedEnv" $ctx | trim) }}
+  {{- . | nindent 2 }}
+  {{- end }}
+  {{- with .values.extraEnv }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+securityContext:
+  {{- include "kiqstack.securityContext" (dict "ctx" $ctx "component" .values) | nindent 2 }}
+{{- with .values.resources }}
+resources:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.startupProbe }}
+startupProbe:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.livenessProbe }}
+livenessProbe:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.readinessProbe }}
+readinessProbe:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+volumeMounts:
+  - name: tmp
+    mountPath: /tmp
+{{- end }}

@@ -1,0 +1,74 @@
+{{/*
+Cross-field rules that values.schema.json cannot express. Included by configmap.yaml, which
+always renders, so every install, upgrade and template run goes through them.
+*/}}
+{{- define "kiqstack.validate" -}}
+{{- $v := .Values }}
+{{- /* NATS */}}
+{{- if and $v.externalNats.url $v.externalNats.existingSecret }}
+{{- fail "externalNats: set either externalNats.url or externalNats.existingSecret, not both" }}
+{{- end }}
+{{- if $v.nats.enabled }}
+{{- if or $v.externalNats.url $v.externalNats.existingSecret }}
+{{- fail "externalNats.url/existingSecret is set but nats.enabled=true: set nats.enabled=false to use an external NATS" }}
+{{- end }}
+{{- if not (dig "config" "jetstream" "enabled" false $v.nats) }}
+{{- fail "nats.config.jetstream.enabled must be true: kiqstack keeps its task queue in JetStream" }}
+{{- end }}
+{{- else if not (or $v.externalNats.url $v.externalNats.existingSecret) }}
+{{- fail "nats.enabled=false needs externalNats.url or externalNats.existingSecret (the NATS_URL of a JetStream-enabled NATS)" }}
+{{- end }}
+{{- /* Redis */}}
+{{- if and $v.externalRedis.url $v.externalRedis.existingSecret }}
+{{- fail "externalRedis: set either externalRedis.url or externalRedis.existingSecret, not both" }}
+{{- end }}
+{{- if $v.valkey.enabled }}
+{{- if or $v.externalRedis.url $v.externalRedis.existingSecret }}
+{{- fail "externalRedis.url/existingSecret is set but valkey.enabled=true: set valkey.enabled=false to use an external Redis" }}
+{{- end }}
+{{- else if not (or $v.externalRedis.url $v.externalRedis.existingSecret) }}
+{{- fail "valkey.enabled=false needs externalRedis.url or externalRedis.existingSecret (the REDIS_URL of a Redis/Valkey)" }}
+{{- end }}
+{{- /* API token */}}
+{{- if and $v.apiToken $v.existingSecret }}
+{{- fail "set either apiToken or existingSecret (for API_TOKEN), not both" }}
+{{- end }}
+{{- /* Components */}}
+{{- if not (or $v.server.enabled $v.worker.enabled) }}
+{{- fail "server.enabled and worker.enabled are both false: nothing to deploy" }}
+{{- end }}
+{{- if le (int $v.server.terminationGracePeriodSeconds) (int $v.config.shutdownDelaySeconds) }}
+{{- fail (printf "server.terminationGracePeriodSeconds (%v) must be greater than config.shutdownDelaySeconds (%v)" $v.server.terminationGracePeriodSeconds $v.config.shutdownDelaySeconds) }}
+{{- end }}
+{{- /* Autoscaling */}}
+{{- $as := $v.worker.autoscaling }}
+{{- if and $v.worker.enabled (ne $as.mode "none") }}
+{{- if gt (int $as.minReplicas) (int $as.maxReplicas) }}
+{{- fail (printf "worker.autoscaling.minReplicas (%v) must not exceed maxReplicas (%v)" $as.minReplicas $as.maxReplicas) }}
+{{- end }}
+{{- $cpu := not (kindIs "invalid" $as.targetCPUUtilizationPercentage) }}
+{{- $mem := not (kindIs "invalid" $as.targetMemoryUtilizationPercentage) }}
+{{- if and $cpu (not (dig "requests" "cpu" "" ($v.worker.resources | default dict))) }}
+{{- fail "worker.autoscaling.targetCPUUtilizationPercentage needs worker.resources.requests.cpu (utilization is relative to the request)" }}
+{{- end }}
+{{- if and $mem (not (dig "requests" "memory" "" ($v.worker.resources | default dict))) }}
+{{- fail "worker.autoscaling.targetMemoryUtilizationPercentage needs worker.resources.requests.memory (utilization is relative to the request)" }}
+{{- end }}
+{{- if eq $as.mode "hpa" }}
+{{- if lt (int $as.minReplicas) 1 }}
+{{- fail "worker.autoscaling.minReplicas must be at least 1 with mode=hpa (scale to zero needs mode=keda)" }}
+{{- end }}
+{{- if not (or $cpu $mem) }}
+{{- fail "worker.autoscaling.mode=hpa needs targetCPUUtilizationPercentage or targetMemoryUtilizationPercentage" }}
+{{- end }}
+{{- end }}
+{{- if eq $as.mode "keda" }}
+{{- if not (include "kiqstack.nats.monitoringEndpoint" .) }}
+{{- fail "worker.autoscaling.mode=keda with nats.enabled=false needs externalNats.monitoringEndpoint or worker.autoscaling.keda.natsServerMonitoringEndpoint (host:8222)" }}
+{{- end }}
+{{- if and $v.nats.enabled (not (dig "config" "monitor" "enabled" true $v.nats)) }}
+{{- fail "worker.autoscaling.mode=keda reads the NATS monitoring port: keep nats.config.monitor.enabled=true" }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
