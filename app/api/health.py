@@ -1,0 +1,45 @@
+"""Probes and metrics: ``/livez`` (process only), ``/readyz`` (dependencies), ``/metrics``."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from app import metrics
+from app.api.deps import BrokerDep, LifecycleDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/livez", response_class=PlainTextResponse)
+async def livez() -> str:
+    """Answer while the process runs; never touches NATS or Redis."""
+    return "ok"
+
+
+@router.get("/readyz")
+async def readyz(broker: BrokerDep, lifecycle: LifecycleDep) -> JSONResponse:
+    """Ready when NATS is connected and Redis answers; 503 while draining."""
+    checks: dict[str, str] = {}
+    if lifecycle.draining:
+        checks["server"] = "draining"
+    checks["nats"] = "ok" if lifecycle.broker_started and broker.nats_connected else "disconnected"
+    try:
+        await asyncio.wait_for(broker.results.ping(), 2)
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"unreachable: {type(exc).__name__}"
+    ready = not lifecycle.draining and checks["nats"] == "ok" and checks["redis"] == "ok"
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "checks": checks},
+        status_code=200 if ready else 503,
+    )
+
+
+@router.get("/metrics")
+async def metrics_endpoint() -> Response:
+    """Prometheus metrics of this API process."""
+    body, content_type = metrics.api_exposition()
+    return Response(body, media_type=content_type)

@@ -1,0 +1,78 @@
+"""kiqstack's exception tree: one root, one class per failure, one message template each."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class AppError(Exception):
+    """Root of every error kiqstack raises on purpose."""
+
+    status_code: ClassVar[int] = 500
+    template: ClassVar[str] = "internal error"
+
+    def __init__(self, detail: str | None = None, **context: Any) -> None:
+        self.detail = detail if detail is not None else self.template.format(**context)
+        self.context = context
+        super().__init__(self.detail)
+
+
+class ConfigError(AppError):
+    """A setting has a bad value."""
+
+    template = "invalid configuration"
+
+
+class TaskNotFoundError(AppError):
+    """No task is registered under this name."""
+
+    status_code = 404
+    template = "unknown task {task_name!r}"
+
+
+class TaskArgumentsError(AppError):
+    """The arguments do not fit the task's signature."""
+
+    status_code = 422
+    template = "invalid arguments for task {task_name!r}: {problem}"
+
+
+class PayloadTooLargeError(AppError):
+    """A request body or task message is over the size limit."""
+
+    status_code = 413
+    template = "payload of {size} bytes exceeds the limit of {limit} bytes"
+
+
+class InvalidRequestError(AppError):
+    """The request cannot be understood."""
+
+    status_code = 422
+    template = "{problem}"
+
+
+class UnauthorizedError(AppError):
+    """The bearer token is missing or wrong."""
+
+    status_code = 401
+    template = "missing or invalid bearer token"
+
+
+class ResultNotFoundError(AppError):
+    """No task with this id was dispatched (or its result expired)."""
+
+    status_code = 404
+    template = "no task with id {task_id!r} (never dispatched, or its result expired)"
+
+
+class DispatchError(AppError):
+    """The task could not be queued."""
+
+    status_code = 503
+    template = "task could not be queued: {reason}"
+
+
+class StreamConfigError(AppError):
+    """An existing JetStream stream or consumer is configured incompatibly."""
+
+    template = "{problem}"

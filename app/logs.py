@@ -1,0 +1,57 @@
+"""Logging setup: plain text or one JSON object per line (``LOG_FORMAT``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from app.config import Settings
+
+_RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """Format a record as one JSON line; ``extra=`` fields become keys."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render the record.
+
+        :param record: the log record.
+        :return: a JSON line.
+        """
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RESERVED and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(settings: Settings) -> None:
+    """Send logs to stderr at ``LOG_LEVEL`` in ``LOG_FORMAT``.
+
+    :param settings: kiqstack settings.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s [%(process)d] %(message)s")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    # taskiq's receiver logs every execution at INFO; kiqstack logs its own start/finish lines.
+    logging.getLogger("taskiq.receiver.receiver").setLevel(
+        max(logging.WARNING, logging.getLevelName(settings.log_level))
+    )

@@ -1,0 +1,137 @@
+"""The FastAPI application: ``create_app(settings)`` builds it; nothing happens at import."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import __version__, metrics
+from app.api import api_router
+from app.api.deps import Lifecycle
+from app.config import Settings, get_settings
+from app.errors import AppError
+from app.logs import configure_logging
+from app.registry import TaskCatalog
+
+logger = logging.getLogger("kiqstack.api")
+
+
+def import_task_modules(settings: Settings) -> None:
+    """Import ``TASK_MODULES`` so their tasks are registered on the shared broker.
+
+    :param settings: kiqstack settings.
+    """
+    for module in settings.task_modules:
+        importlib.import_module(module)
+
+
+class HTTPMetricsMiddleware:
+    """Count and time requests by route template (pure ASGI: cheap on the hot path)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        """Wrap an ASGI app."""
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one request."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "")
+            metrics.HTTP_REQUESTS.labels(method, template, str(status)).inc()
+            metrics.HTTP_DURATION.labels(method, template).observe(time.perf_counter() - started)
+
+
+async def _app_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)  # noqa: S101
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)  # noqa: S101
+    problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
+    return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
+
+
+def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = None) -> FastAPI:
+    """Build the API.
+
+    :param settings: settings to use (default: read from the environment).
+    :param lifecycle: shared draining state (the server runner flips it on SIGTERM).
+    :return: the FastAPI application.
+    """
+    settings = settings or get_settings()
+    lifecycle = lifecycle or Lifecycle()
+    from app.tasks.broker import broker
+
+    broker.configure(settings)
+    import_task_modules(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if not broker.is_worker_process:
+            await broker.startup()
+            lifecycle.broker_started = True
+        logger.info("kiqstack API %s ready on port %d", __version__, settings.port)
+        try:
+            yield
+        finally:
+            lifecycle.draining = True
+            if lifecycle.broker_started:
+                lifecycle.broker_started = False
+                await broker.shutdown()
+
+    app = FastAPI(
+        title="kiqstack",
+        version=__version__,
+        description="Dispatch background tasks to taskiq workers over NATS JetStream; "
+        "read their results from Redis.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.broker = broker
+    app.state.catalog = TaskCatalog(broker)
+    app.state.lifecycle = lifecycle
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(HTTPMetricsMiddleware)
+    app.include_router(api_router)
+    return app
+
+
+def app_factory() -> FastAPI:
+    """Entry point for ``uvicorn --factory app.main:app_factory`` (reload mode)."""
+    settings = get_settings()
+    configure_logging(settings)
+    return create_app(settings)
+
+
+def __getattr__(name: str) -> Any:
+    # ``uvicorn app.main:app`` works too, building the app on first access (not at import).
+    if name == "app":
+        return app_factory()
+    raise AttributeError(name)

@@ -1,0 +1,1 @@
+"""Task modules. ``app.tasks.broker`` holds the broker and ``register_task``."""

