@@ -1,0 +1,121 @@
+"""Fixtures of the kind e2e suite (`pytest e2e/`, marker `e2e`).
+
+The suite tests a kiqstack release that is already installed (``make e2e`` / e2e/run.sh
+installs one on kind). Without a reachable cluster, or without the release, every test is
+SKIPPED with the reason; with ``E2E_REQUIRE=1`` (set by e2e/run.sh and CI) the same conditions
+FAIL instead.
+
+Environment:
+  E2E_KUBE_CONTEXT  kubeconfig context (default: the current one; KUBECONFIG is honoured)
+  E2E_NAMESPACE     namespace of the release [kiqstack]
+  E2E_RELEASE       Helm release name [kiqstack]
+  E2E_FULLNAME      resource name prefix (default: the chart's rule: <release> when the release
+                    name contains "kiqstack", else <release>-kiqstack)
+  E2E_BASE_URL      API base URL (skips the port-forward, e.g. an Ingress or a NodePort)
+  E2E_API_TOKEN     bearer token when the release sets API_TOKEN
+  E2E_REQUIRE       1 = fail instead of skip when the cluster or release is missing
+  E2E_CHART         chart directory for the helm upgrade test [chart]
+  E2E_ARTIFACTS     where pod logs are written when a test failed [.tmp/e2e-artifacts]
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from e2e.support import Api, Kube, PortForward, Target, kubectl_path, unavailable
+
+
+def _fullname(release: str) -> str:
+    return release if "kiqstack" in release else f"{release}-kiqstack"
+
+
+@pytest.fixture(scope="session")
+def target() -> Target:
+    release = os.environ.get("E2E_RELEASE", "kiqstack")
+    return Target(
+        context=os.environ.get("E2E_KUBE_CONTEXT") or None,
+        namespace=os.environ.get("E2E_NAMESPACE", "kiqstack"),
+        release=release,
+        fullname=os.environ.get("E2E_FULLNAME") or _fullname(release),
+    )
+
+
+@pytest.fixture(scope="session")
+def kube(target: Target, request: pytest.FixtureRequest) -> Iterator[Kube]:
+    """API clients for the cluster; skips the suite when no cluster or no release is reachable."""
+    try:
+        api_client = config.new_client_from_config(context=target.context)
+    except (ConfigException, OSError, TypeError) as exc:
+        unavailable(f"no Kubernetes cluster configured ({type(exc).__name__}: {exc})")
+    try:
+        version = client.VersionApi(api_client).get_code(_request_timeout=5)
+    except Exception as exc:  # any failure means "not reachable"
+        api_client.close()
+        unavailable(f"Kubernetes API not reachable ({type(exc).__name__}: {str(exc)[:200]})")
+    kube = Kube(api_client)
+    try:
+        kube.apps.read_namespaced_deployment(target.server, target.namespace, _request_timeout=10)
+    except ApiException as exc:
+        api_client.close()
+        unavailable(
+            f"cluster {version.git_version} reachable, but deployment "
+            f"{target.namespace}/{target.server} was not found (HTTP {exc.status}); "
+            f"is release {target.release!r} installed?"
+        )
+    yield kube
+    if request.session.testsfailed:
+        _dump_logs(kube, target)
+    api_client.close()
+
+
+def _dump_logs(kube: Kube, target: Target) -> None:
+    """Write the logs of the release's pods (selected by the chart's shared labels)."""
+    out = pathlib.Path(os.environ.get("E2E_ARTIFACTS", ".tmp/e2e-artifacts")) / "pytest-logs"
+    out.mkdir(parents=True, exist_ok=True)
+    selector = f"app.kubernetes.io/instance={target.release}"
+    try:
+        pods = kube.core.list_namespaced_pod(target.namespace, label_selector=selector).items
+    except ApiException:
+        return
+    for pod in pods:
+        for container in pod.spec.containers:
+            name = f"{pod.metadata.name}.{container.name}.log"
+            try:
+                text = kube.core.read_namespaced_pod_log(
+                    pod.metadata.name, target.namespace, container=container.name, tail_lines=2000
+                )
+            except ApiException as exc:
+                text = f"(logs unavailable: {exc.status} {exc.reason})"
+            (out / name).write_text(text)
+
+
+@pytest.fixture(scope="session")
+def api(kube: Kube, target: Target) -> Iterator[Api]:
+    """The kiqstack API: E2E_BASE_URL, or `kubectl port-forward` to the server Service."""
+    token = os.environ.get("E2E_API_TOKEN") or None
+    base_url = os.environ.get("E2E_BASE_URL")
+    if base_url:
+        api = Api(base_url, token=token)
+        yield api
+        api.close()
+        return
+    kubectl = kubectl_path()
+    if kubectl is None:
+        unavailable("kubectl is not on PATH (needed to port-forward; or set E2E_BASE_URL)")
+    forward = PortForward(kubectl, target, f"service/{target.server}", 8000)
+    forward.start()
+    api = Api(forward.url, token=token, forward=forward)
+    try:
+        response = api.get("/readyz")
+        assert response.status_code == 200, f"/readyz: {response.status_code} {response.text}"
+        yield api
+    finally:
+        api.close()
+        forward.close()

@@ -1,0 +1,403 @@
+"""Helpers of the e2e suite: reaching the API, dispatching tasks, reading metrics and rollouts."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import queue
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+from urllib.parse import quote
+
+import httpx
+import pytest
+from kubernetes import client
+
+# The example tasks of app/tasks/example.py (names are `module:function`).
+ADD = "app.tasks.example:add"
+RISKY = "app.tasks.example:risky_task"
+SLEEP = "app.tasks.example:sleep_task"
+NOOP = "app.tasks.example:noop"
+
+FINAL_STATUSES = frozenset({"success", "error"})
+
+
+def env_flag(name: str) -> bool:
+    """True when the environment variable is set to 1/true/yes."""
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes"}
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip (default) or fail (E2E_REQUIRE=1) because the environment cannot run the suite."""
+    if env_flag("E2E_REQUIRE"):
+        pytest.fail(f"E2E_REQUIRE=1 but {reason}", pytrace=False)
+    pytest.skip(
+        f"e2e skipped: {reason} (run `make e2e` on a machine with docker, kind, kubectl and helm)"
+    )
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the release under test lives. Everything comes from E2E_* variables (see conftest)."""
+
+    context: str | None
+    namespace: str
+    release: str
+    fullname: str
+
+    @property
+    def server(self) -> str:
+        return f"{self.fullname}-server"
+
+    @property
+    def worker(self) -> str:
+        return f"{self.fullname}-worker"
+
+    def selector(self, component: str) -> str:
+        """Label selector of one component, with the chart's shared labels."""
+        return f"app.kubernetes.io/instance={self.release},app.kubernetes.io/component={component}"
+
+
+@dataclass
+class Kube:
+    """Typed API clients bound to one kubeconfig context."""
+
+    api_client: client.ApiClient
+    core: client.CoreV1Api = field(init=False)
+    apps: client.AppsV1Api = field(init=False)
+    autoscaling: client.AutoscalingV2Api = field(init=False)
+    custom: client.CustomObjectsApi = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.core = client.CoreV1Api(self.api_client)
+        self.apps = client.AppsV1Api(self.api_client)
+        self.autoscaling = client.AutoscalingV2Api(self.api_client)
+        self.custom = client.CustomObjectsApi(self.api_client)
+
+
+class PortForward:
+    """`kubectl port-forward` to a Service on a random local port, restarted when it dies.
+
+    A Service port-forward sticks to one pod; when that pod goes away (rollout, upgrade) kubectl
+    exits, and the API client below calls :meth:`restart`.
+    """
+
+    _FORWARDING = re.compile(r"Forwarding from 127\.0\.0\.1:(\d+)")
+
+    def __init__(self, kubectl: str, target: Target, resource: str, remote_port: int) -> None:
+        self._cmd = [kubectl]
+        if target.context:
+            self._cmd += ["--context", target.context]
+        self._cmd += [
+            "--namespace",
+            target.namespace,
+            "port-forward",
+            resource,
+            f"0:{remote_port}",
+            "--address",
+            "127.0.0.1",
+        ]
+        self._proc: subprocess.Popen[str] | None = None
+        self._lock = threading.Lock()
+        self.url = ""
+
+    def start(self, timeout: float = 60.0) -> None:
+        lines: queue.Queue[str] = queue.Queue()
+        proc = subprocess.Popen(
+            self._cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+        def pump() -> None:
+            # Keep draining: kubectl prints a line per connection and would block on a full pipe.
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.put(line)
+
+        threading.Thread(target=pump, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        seen: list[str] = []
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=0.5)
+            except queue.Empty:
+                if proc.poll() is not None:
+                    break
+                continue
+            seen.append(line.rstrip())
+            match = self._FORWARDING.search(line)
+            if match:
+                self._proc = proc
+                self.url = f"http://127.0.0.1:{match.group(1)}"
+                return
+        proc.kill()
+        raise RuntimeError(f"{' '.join(self._cmd)} did not start: {' | '.join(seen[-5:])}")
+
+    def restart(self) -> None:
+        with self._lock:
+            self.close()
+            self.start()
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+class Api:
+    """The kiqstack HTTP API; retries transport errors, restarting the port-forward if any."""
+
+    def __init__(
+        self, base_url: str, token: str | None = None, forward: PortForward | None = None
+    ) -> None:
+        self._forward = forward
+        self._base_url = base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(30.0, connect=5.0),
+            headers=headers,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+        )
+
+    @property
+    def base_url(self) -> str:
+        return self._forward.url if self._forward else self._base_url
+
+    def request(self, method: str, path: str, attempts: int = 8, **kwargs: Any) -> httpx.Response:
+        last: Exception | None = None
+        for attempt in range(attempts):
+            url = self.base_url
+            try:
+                return self._http.request(method, url + path, **kwargs)
+            except httpx.TransportError as exc:
+                last = exc
+                time.sleep(min(0.5 * (attempt + 1), 3.0))
+                if self._forward is not None and self.base_url == url:
+                    with contextlib.suppress(RuntimeError):
+                        self._forward.restart()
+        raise AssertionError(f"{method} {path}: API unreachable after {attempts} attempts: {last}")
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", path, **kwargs)
+
+    def dispatch_raw(
+        self, task: str, *args: Any, wait: float | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        params = {"wait": wait} if wait is not None else None
+        return self.request(
+            "POST",
+            f"/tasks/{quote(task, safe=':')}",
+            json={"args": list(args), "kwargs": kwargs},
+            params=params,
+        )
+
+    def dispatch(self, task: str, *args: Any, **kwargs: Any) -> str:
+        """Queue a task and return its id (asserts the 202 contract)."""
+        response = self.dispatch_raw(task, *args, **kwargs)
+        assert response.status_code == 202, f"POST {task}: {response.status_code} {response.text}"
+        body = response.json()
+        assert body["task_name"] == task, body
+        assert body["status_url"] == f"/tasks/{body['task_id']}", body
+        return str(body["task_id"])
+
+    def status(self, task_id: str) -> dict[str, Any]:
+        response = self.get(f"/tasks/{task_id}")
+        assert response.status_code == 200, (
+            f"GET /tasks/{task_id}: {response.status_code} {response.text}"
+        )
+        body: dict[str, Any] = response.json()
+        return body
+
+    def wait_for(self, task_id: str, timeout: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            body = self.status(task_id)
+            if body["status"] in FINAL_STATUSES:
+                return body
+            assert time.monotonic() < deadline, (
+                f"task {task_id} still {body['status']} after {timeout}s"
+            )
+            time.sleep(0.25)
+
+    def dispatch_many(
+        self, calls: Iterable[tuple[str, tuple[Any, ...]]], workers: int = 16
+    ) -> list[str]:
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(lambda call: self.dispatch(call[0], *call[1]), calls))
+
+    def wait_all(
+        self,
+        task_ids: list[str],
+        timeout: float,
+        workers: int = 16,
+        on_round: Callable[[int], None] | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        """Poll until every task is final; returns id -> status body. Fails listing what is left."""
+        done: dict[str, dict[str, Any]] = {}
+        pending = list(task_ids)
+        deadline = time.monotonic() + timeout
+        with ThreadPoolExecutor(workers) as pool:
+            while pending:
+                for task_id, body in zip(pending, pool.map(self.status, pending), strict=True):
+                    if body["status"] in FINAL_STATUSES:
+                        done[task_id] = body
+                pending = [t for t in pending if t not in done]
+                if on_round is not None:
+                    on_round(len(done))
+                if not pending:
+                    break
+                assert time.monotonic() < deadline, (
+                    f"{len(pending)} of {len(task_ids)} tasks not finished after {timeout}s, "
+                    f"e.g. {pending[:5]}"
+                )
+                time.sleep(1.0)
+        return done
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def kubectl_path() -> str | None:
+    return shutil.which(os.environ.get("E2E_KUBECTL", "kubectl"))
+
+
+# --- Prometheus text format -------------------------------------------------------------------
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """Samples of a Prometheus text exposition as (name, labels, value)."""
+    samples = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = _SAMPLE.match(line)
+        if match:
+            labels = dict(_LABEL.findall(match.group(2) or ""))
+            samples.append((match.group(1), labels, float(match.group(3))))
+    return samples
+
+
+def metric_names(text: str) -> set[str]:
+    return {name for name, _, _ in parse_metrics(text)}
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    return sum(
+        value
+        for sample, sample_labels, value in parse_metrics(text)
+        if sample == name and all(sample_labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def metric_value(text: str, name: str) -> float | None:
+    """The value of an unlabelled series, or None when it is absent."""
+    for sample, labels, value in parse_metrics(text):
+        if sample == name and not labels:
+            return value
+    return None
+
+
+# --- Cluster state ----------------------------------------------------------------------------
+
+
+def ready_pods(kube: Kube, target: Target, component: str) -> list[client.V1Pod]:
+    """Running, Ready, not terminating pods of one component."""
+    pods = kube.core.list_namespaced_pod(
+        target.namespace, label_selector=target.selector(component)
+    )
+    return [
+        pod
+        for pod in pods.items
+        if pod.metadata.deletion_timestamp is None
+        and pod.status.phase == "Running"
+        and any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+    ]
+
+
+def scrape_pod(kube: Kube, target: Target, pod: str, port: int, path: str = "metrics") -> str:
+    """GET a pod port through the API server proxy (the cluster network, no port-forward)."""
+    text: str = kube.core.connect_get_namespaced_pod_proxy_with_path(
+        f"{pod}:{port}", target.namespace, path, _request_timeout=10
+    )
+    return text
+
+
+def scrape_service(
+    kube: Kube, target: Target, service: str, port: str, path: str = "metrics"
+) -> str:
+    """GET a Service port (by name) through the API server proxy."""
+    text: str = kube.core.connect_get_namespaced_service_proxy_with_path(
+        f"{service}:{port}", target.namespace, path, _request_timeout=10
+    )
+    return text
+
+
+def wait_rollout(kube: Kube, target: Target, deployment: str, timeout: float = 300.0) -> None:
+    """Like `kubectl rollout status`: the newest template is fully rolled out and available."""
+    deadline = time.monotonic() + timeout
+    while True:
+        dep = kube.apps.read_namespaced_deployment(deployment, target.namespace)
+        status, want = dep.status, dep.spec.replicas or 0
+        if (
+            (status.observed_generation or 0) >= dep.metadata.generation
+            and (status.updated_replicas or 0) == want
+            and (status.replicas or 0) == want
+            and (status.available_replicas or 0) == want
+        ):
+            return
+        assert time.monotonic() < deadline, (
+            f"deployment {deployment} not rolled out after {timeout}s: {status}"
+        )
+        time.sleep(2.0)
+
+
+def rollout_restart(kube: Kube, target: Target, deployment: str) -> None:
+    """What `kubectl rollout restart deployment/<name>` does: stamp the pod template."""
+    now = dt.datetime.now(dt.UTC).isoformat()
+    body = {
+        "spec": {
+            "template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": now}}}
+        }
+    }
+    kube.apps.patch_namespaced_deployment(deployment, target.namespace, body)
+
+
+@contextlib.contextmanager
+def sampling(sample: Callable[[], float | None], interval: float = 1.0) -> Iterator[list[float]]:
+    """Call ``sample`` every ``interval`` seconds in a thread while the block runs."""
+    values: list[float] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(Exception):
+                value = sample()
+                if value is not None:
+                    values.append(value)
+            stop.wait(interval)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield values
+    finally:
+        stop.set()
+        thread.join(timeout=30)
