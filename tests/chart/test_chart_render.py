@@ -1,0 +1,257 @@
+"""Default render of the chart: objects, wiring, security, probes, checksums."""
+
+from __future__ import annotations
+
+import helm_python
+import pytest
+import yaml
+from chartlib import (
+    CHART_DIR,
+    Rendered,
+    container,
+    env_map,
+    render,
+    validate_objects,
+)
+
+pytestmark = pytest.mark.chart
+
+DEFAULT_OBJECTS = [
+    "ConfigMap/demo-kiqstack",
+    "Deployment/demo-kiqstack-server",
+    "Deployment/demo-kiqstack-worker",
+    "HorizontalPodAutoscaler/demo-kiqstack-worker",
+    "Pod/demo-kiqstack-test-readyz",
+    "Pod/demo-kiqstack-test-task-roundtrip",
+    "PodDisruptionBudget/demo-kiqstack-server",
+    "Service/demo-kiqstack-server",
+    "ServiceAccount/demo-kiqstack",
+]
+
+
+def test_chart_metadata() -> None:
+    meta = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
+    assert meta["apiVersion"] == "v2"
+    assert meta["name"] == "kiqstack"
+    assert meta["version"] == "0.1.0"
+    assert meta["appVersion"] == "0.1.0"
+    assert meta["kubeVersion"] == ">=1.27.0-0"
+    deps = {d["name"]: d for d in meta["dependencies"]}
+    assert deps["nats"] == {
+        "name": "nats",
+        "version": "2.14.2",
+        "repository": "https://nats-io.github.io/k8s/helm/charts/",
+        "condition": "nats.enabled",
+    }
+    assert deps["valkey"] == {
+        "name": "valkey",
+        "version": "0.11.0",
+        "repository": "https://valkey.io/valkey-helm/",
+        "condition": "valkey.enabled",
+    }
+    # no hand-written lock file (it would not match Helm's digest), no vendored charts
+    assert not (CHART_DIR / "Chart.lock").exists()
+
+
+def test_default_objects(defaults: Rendered) -> None:
+    own = sorted(f"{o['kind']}/{o['metadata']['name']}" for o in defaults.own())
+    assert own == DEFAULT_OBJECTS
+    assert validate_objects(defaults) == len(DEFAULT_OBJECTS) + 3  # + stand-in Services
+
+
+def test_run_mode_per_deployment(defaults: Rendered) -> None:
+    for component in ("server", "worker"):
+        dep = defaults.get("Deployment", f"demo-kiqstack-{component}")
+        assert env_map(dep)["RUN_MODE"] == {"name": "RUN_MODE", "value": component}
+        assert container(dep)["name"] == component
+        assert container(dep)["image"] == "kiqstack:0.1.0"
+        assert container(dep)["imagePullPolicy"] == "IfNotPresent"
+
+
+def test_urls_point_at_subchart_services(defaults: Rendered) -> None:
+    data = defaults.get("ConfigMap", "demo-kiqstack")["data"]
+    assert data["NATS_URL"] == "nats://demo-nats:4222"
+    assert data["REDIS_URL"] == "redis://demo-valkey:6379/0"
+    # the names exist as Services rendered by the (stand-in) subcharts
+    defaults.get("Service", "demo-nats")
+    defaults.get("Service", "demo-valkey")
+
+
+def test_configmap_maps_every_contract_setting(defaults: Rendered) -> None:
+    data = defaults.get("ConfigMap", "demo-kiqstack")["data"]
+    contract = (CHART_DIR.parent / "docs" / "contract.md").read_text()
+    settings = contract.split("## Settings")[1].split("## Metrics")[0]
+    names = [line.split("`")[1] for line in settings.splitlines() if line.startswith("| `")]
+    assert len(names) > 20
+    # RUN_MODE is per Deployment, API_TOKEN comes from a Secret
+    for name in set(names) - {"RUN_MODE", "API_TOKEN"}:
+        assert name in data, f"{name} from docs/contract.md is not in the ConfigMap"
+    assert all(isinstance(v, str) for v in data.values())
+    assert data["RELOAD"] == "false"
+    assert data["NATS_STREAM"] == "kiqstack_tasks"
+    assert data["NATS_CONSUMER"] == "kiqstack_workers"
+
+
+def test_deployments_use_configmap(defaults: Rendered) -> None:
+    for component in ("server", "worker"):
+        dep = defaults.get("Deployment", f"demo-kiqstack-{component}")
+        assert container(dep)["envFrom"] == [{"configMapRef": {"name": "demo-kiqstack"}}]
+
+
+def test_ports_and_service(defaults: Rendered) -> None:
+    server = container(defaults.get("Deployment", "demo-kiqstack-server"))
+    worker = container(defaults.get("Deployment", "demo-kiqstack-worker"))
+    assert server["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert worker["ports"] == [{"name": "metrics", "containerPort": 9000, "protocol": "TCP"}]
+    svc = defaults.get("Service", "demo-kiqstack-server")
+    assert svc["spec"]["ports"] == [
+        {"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}
+    ]
+    server_dep = defaults.get("Deployment", "demo-kiqstack-server")
+    assert svc["spec"]["selector"] == server_dep["spec"]["selector"]["matchLabels"]
+
+
+def test_probes(defaults: Rendered) -> None:
+    for component, port in (("server", "http"), ("worker", "metrics")):
+        c = container(defaults.get("Deployment", f"demo-kiqstack-{component}"))
+        assert c["livenessProbe"]["httpGet"] == {"path": "/livez", "port": port}
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
+        assert c["startupProbe"]["httpGet"] == {"path": "/livez", "port": port}
+
+
+def test_security_contexts(defaults: Rendered) -> None:
+    pods = [o for o in defaults.own() if o["kind"] in ("Deployment", "Pod")]
+    assert len(pods) == 4
+    for obj in pods:
+        spec = obj["spec"]["template"]["spec"] if obj["kind"] == "Deployment" else obj["spec"]
+        assert spec["automountServiceAccountToken"] is False
+        psc = spec["securityContext"]
+        assert psc["runAsNonRoot"] is True
+        assert psc["runAsUser"] == 10001
+        assert psc["runAsGroup"] == 10001
+        assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
+        for c in spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False
+            assert sc["readOnlyRootFilesystem"] is True
+            assert sc["capabilities"] == {"drop": ["ALL"]}
+            assert sc["runAsNonRoot"] is True
+            assert "limits" in c["resources"]
+            assert "requests" in c["resources"]
+    for component in ("server", "worker"):
+        spec = defaults.get("Deployment", f"demo-kiqstack-{component}")["spec"]["template"]["spec"]
+        assert {"name": "tmp", "mountPath": "/tmp"} in spec["containers"][0]["volumeMounts"]
+        assert spec["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}]
+        assert spec["serviceAccountName"] == "demo-kiqstack"
+    sa = defaults.get("ServiceAccount", "demo-kiqstack")
+    assert sa["automountServiceAccountToken"] is False
+
+
+def test_selectors_are_disjoint_and_stable(defaults: Rendered) -> None:
+    selectors = {}
+    for component in ("server", "worker"):
+        dep = defaults.get("Deployment", f"demo-kiqstack-{component}")
+        sel = dep["spec"]["selector"]["matchLabels"]
+        assert sel == {
+            "app.kubernetes.io/name": "kiqstack",
+            "app.kubernetes.io/instance": "demo",
+            "app.kubernetes.io/component": component,
+        }
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert sel.items() <= labels.items()
+        for key in ("app.kubernetes.io/part-of", "app.kubernetes.io/version", "helm.sh/chart"):
+            assert key in dep["metadata"]["labels"]
+        selectors[component] = sel
+    assert selectors["server"] != selectors["worker"]
+
+
+def test_worker_hpa_and_no_replicas(defaults: Rendered) -> None:
+    worker = defaults.get("Deployment", "demo-kiqstack-worker")
+    assert "replicas" not in worker["spec"]
+    hpa = defaults.get("HorizontalPodAutoscaler", "demo-kiqstack-worker")
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "demo-kiqstack-worker",
+    }
+    assert hpa["spec"]["minReplicas"] == 1
+    assert hpa["spec"]["maxReplicas"] == 10
+    [metric] = hpa["spec"]["metrics"]
+    assert metric["containerResource"]["name"] == "cpu"
+    assert metric["containerResource"]["container"] == "worker"
+    assert metric["containerResource"]["target"] == {"type": "Utilization", "averageUtilization": 70}
+    down = hpa["spec"]["behavior"]["scaleDown"]
+    assert down["stabilizationWindowSeconds"] == 300
+    assert down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 60}]
+    assert not defaults.find("ScaledObject")
+
+
+def test_worker_grace_period(defaults: Rendered, chart: helm_python.Chart) -> None:
+    spec = defaults.get("Deployment", "demo-kiqstack-worker")["spec"]["template"]["spec"]
+    assert spec["terminationGracePeriodSeconds"] == 30 + 15
+    r = render(
+        chart,
+        {"config": {"worker": {"shutdownTimeout": 120}}, "worker": {"terminationGraceMarginSeconds": 5}},
+    )
+    spec = r.get("Deployment", "demo-kiqstack-worker")["spec"]["template"]["spec"]
+    assert spec["terminationGracePeriodSeconds"] == 125
+    assert r.get("ConfigMap", "demo-kiqstack")["data"]["WORKER_SHUTDOWN_TIMEOUT"] == "120"
+
+
+def test_topology_spread_gets_selector(defaults: Rendered) -> None:
+    spec = defaults.get("Deployment", "demo-kiqstack-worker")["spec"]["template"]["spec"]
+    [tsc] = spec["topologySpreadConstraints"]
+    assert tsc["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "worker"
+    assert tsc["whenUnsatisfiable"] == "ScheduleAnyway"
+
+
+def _checksums(r: Rendered) -> dict[str, tuple[str, str]]:
+    out = {}
+    for component in ("server", "worker"):
+        ann = r.get("Deployment", f"demo-kiqstack-{component}")["spec"]["template"]["metadata"][
+            "annotations"
+        ]
+        out[component] = (ann["checksum/config"], ann["checksum/secret"])
+    return out
+
+
+def test_checksum_changes_with_settings(defaults: Rendered, chart: helm_python.Chart) -> None:
+    base = _checksums(defaults)
+    assert base == _checksums(render(chart))  # deterministic
+    changed = _checksums(render(chart, {"config": {"logLevel": "DEBUG"}}))
+    for component in ("server", "worker"):
+        assert changed[component][0] != base[component][0]
+        assert changed[component][1] == base[component][1]
+    token = _checksums(render(chart, {"apiToken": "s3cret"}))
+    for component in ("server", "worker"):
+        assert token[component][1] != base[component][1]
+
+
+def test_helm_test_pods(defaults: Rendered) -> None:
+    tests = [o for o in defaults.own() if o["kind"] == "Pod"]
+    assert len(tests) == 2
+    for pod in tests:
+        ann = pod["metadata"]["annotations"]
+        assert ann["helm.sh/hook"] == "test"
+        assert ann["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+        c = pod["spec"]["containers"][0]
+        assert c["image"] == "kiqstack:0.1.0"  # the app image, already loaded into kind
+        assert c["command"] == ["python", "-c"]
+        compile(c["args"][0], pod["metadata"]["name"], "exec")  # valid Python
+        env = {e["name"]: e for e in c["env"]}
+        assert env["BASE_URL"]["value"] == "http://demo-kiqstack-server.apps.svc:8000"
+    roundtrip = defaults.get("Pod", "demo-kiqstack-test-task-roundtrip")
+    script = roundtrip["spec"]["containers"][0]["args"][0]
+    assert "/tasks/app.tasks.example:add?wait=30" in script
+    assert '{"args": [2, 3]}' in script
+    assert 'result.get("result") == 5' in script
+    assert "API_TOKEN" not in {e["name"] for e in roundtrip["spec"]["containers"][0]["env"]}
+    assert "/readyz" in defaults.get("Pod", "demo-kiqstack-test-readyz")["spec"]["containers"][0][
+        "args"
+    ][0]
+
+
+def test_notes(defaults: Rendered) -> None:
+    assert "port-forward svc/demo-kiqstack-server" in defaults.notes
+    assert "/tasks/app.tasks.example:add?wait=30" in defaults.notes
+    assert "helm test demo" in defaults.notes
