@@ -1,0 +1,259 @@
+"""Shared helpers of the offline deploy-config checks (skaffold, kind, workflows, dev/e2e values).
+
+The chart is rendered with Helm 4 as a library (``helm_python``); no helm, skaffold or kind binary
+is needed. Helm refuses to render a chart whose dependencies are missing and no chart repository is
+reachable here, so the ``chart`` fixture renders a temporary copy of ``chart/`` with stand-in
+``nats`` and ``valkey`` subcharts (right names and versions, the upstream defaults of the keys
+kiqstack reads, no templates). The real subcharts are exercised by the kind e2e.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import helm_python
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+CHART_DIR = ROOT / "chart"
+
+# Upstream defaults of the subchart keys the kiqstack templates read
+# (nats-io/k8s helm/charts/nats/values.yaml, valkey-io/valkey-helm valkey/values.yaml).
+_STANDINS: dict[str, dict[str, Any]] = {
+    "nats": {
+        "version": "2.14.2",
+        "appVersion": "2.14.2",
+        "values": {
+            "nameOverride": None,
+            "fullnameOverride": None,
+            "config": {
+                "cluster": {"enabled": False, "replicas": 3},
+                "jetstream": {"enabled": False},
+                "monitor": {"enabled": True, "port": 8222},
+            },
+            "natsBox": {"enabled": True},
+        },
+    },
+    "valkey": {
+        "version": "0.11.0",
+        "appVersion": "9.1.1",
+        "values": {
+            "nameOverride": "",
+            "fullnameOverride": "",
+            "deploymentStrategy": "RollingUpdate",
+            "dataStorage": {"enabled": False},
+            "auth": {"enabled": False, "usersExistingSecret": "", "aclUsers": {}},
+            "service": {"port": 6379},
+        },
+    },
+}
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: `on`/`off`/`yes`/`no` stay strings, as in GitHub
+    Actions, skaffold and kind (Go YAML parsers). PyYAML's 1.1 rules would turn `on:` into True."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.load(path.read_text(), Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def load_schema(name: str) -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads((SCHEMAS / name).read_text())
+    return schema
+
+
+def schema_errors(instance: Any, schema: dict[str, Any]) -> list[str]:
+    """Readable leaf errors (``anyOf`` errors are unfolded to their deepest context)."""
+    cls = jsonschema.validators.validator_for(schema)
+    validator = cls(schema)
+    out = []
+    for error in validator.iter_errors(instance):
+        best = jsonschema.exceptions.best_match([error])
+        out.append(f"/{'/'.join(str(p) for p in best.absolute_path)}: {best.message}")
+    return out
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Helm's coalescing of values files: maps merge, everything else is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+# --- JSON patch (RFC 6902 subset used by skaffold profiles: add, replace, remove) -------------
+
+
+def _pointer(path: str) -> list[str]:
+    assert path.startswith("/"), f"not a JSON pointer: {path!r}"
+    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
+
+
+def apply_patches(doc: Any, patches: list[dict[str, Any]]) -> Any:
+    """Apply skaffold profile patches (``op`` defaults to replace); fails on a bad path."""
+    doc = copy.deepcopy(doc)
+    for patch in patches:
+        op = patch.get("op", "replace")
+        *parents, last = _pointer(patch["path"])
+        node = doc
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        if isinstance(node, list):
+            if op == "add":
+                index = len(node) if last == "-" else int(last)
+                assert 0 <= index <= len(node), f"invalid path {patch['path']}"
+                node.insert(index, copy.deepcopy(patch["value"]))
+            else:
+                index = int(last)
+                assert 0 <= index < len(node), f"invalid path {patch['path']}"
+                if op == "replace":
+                    node[index] = copy.deepcopy(patch["value"])
+                elif op == "remove":
+                    del node[index]
+                else:
+                    raise AssertionError(f"unsupported op {op}")
+        else:
+            if op in ("replace", "remove"):
+                assert last in node, f"invalid path {patch['path']}: {last!r} missing"
+            if op in ("add", "replace"):
+                node[last] = copy.deepcopy(patch["value"])
+            elif op == "remove":
+                del node[last]
+            else:
+                raise AssertionError(f"unsupported op {op}")
+    return doc
+
+
+# --- skaffold ---------------------------------------------------------------------------------
+
+
+def sanitize(image: str) -> str:
+    """skaffold's template-variable suffix of an artifact (`util.SanitizeHelmTemplateValue`)."""
+    return re.sub(r"[./:\-]", "_", image)
+
+
+def skaffold_doc() -> dict[str, Any]:
+    doc: dict[str, Any] = load_yaml(ROOT / "skaffold.yaml")
+    return doc
+
+
+def effective_skaffold(profile: str | None) -> dict[str, Any]:
+    """skaffold.yaml with one profile's patches applied (what `skaffold diagnose -p` shows)."""
+    doc = skaffold_doc()
+    if profile is None:
+        return doc
+    (prof,) = [p for p in doc["profiles"] if p["name"] == profile]
+    base = {k: v for k, v in doc.items() if k != "profiles"}
+    patched: dict[str, Any] = apply_patches(base, prof.get("patches", []))
+    return patched
+
+
+_TEMPLATE = re.compile(r"\{\{\s*\.([A-Za-z0-9_]+)\s*\}\}")
+
+
+def expand_template(text: str, env: dict[str, str]) -> str:
+    """skaffold's ExpandEnvTemplate for `{{.VAR}}`: an unknown name renders `<no value>`."""
+    return _TEMPLATE.sub(lambda m: env.get(m.group(1), "<no value>"), text)
+
+
+def image_env(doc: dict[str, Any], tag: str) -> dict[str, str]:
+    """Template variables skaffold offers for locally built (not pushed) artifacts."""
+    env: dict[str, str] = {}
+    for artifact in doc["build"]["artifacts"]:
+        name = artifact["image"]
+        suffix = sanitize(name)
+        env[f"IMAGE_REPO_{suffix}"] = name
+        env[f"IMAGE_TAG_{suffix}"] = tag
+        env[f"IMAGE_FULLY_QUALIFIED_{suffix}"] = f"{name}:{tag}"
+        env[f"IMAGE_NAME_{suffix}"] = name
+        env[f"IMAGE_DIGEST_{suffix}"] = ""
+    return env
+
+
+def release_values(doc: dict[str, Any], tag: str) -> dict[str, Any]:
+    """The values one skaffold helm release installs with: -f files, then --set overrides."""
+    (release,) = doc["deploy"]["helm"]["releases"]
+    values: dict[str, Any] = {}
+    for path in release.get("valuesFiles", []):
+        values = deep_merge(values, load_yaml(ROOT / path) or {})
+    env = image_env(doc, tag)
+    for key, value in sorted(release.get("setValues", {}).items()):
+        values = deep_merge(values, helm_python.parse_set_string(f"{key}={value}"))
+    for key, template in sorted(release.get("setValueTemplates", {}).items()):
+        expanded = expand_template(template, env)
+        values = deep_merge(values, helm_python.parse_set_string(f"{key}={expanded}"))
+    return values
+
+
+# --- chart rendering --------------------------------------------------------------------------
+
+
+def _write_standins(charts_dir: Path) -> None:
+    for name, spec in _STANDINS.items():
+        root = charts_dir / name
+        (root / "templates").mkdir(parents=True)
+        meta = {
+            "apiVersion": "v2",
+            "name": name,
+            "version": spec["version"],
+            "appVersion": spec["appVersion"],
+            "description": f"Test stand-in for the upstream {name} chart",
+        }
+        (root / "Chart.yaml").write_text(yaml.safe_dump(meta))
+        (root / "values.yaml").write_text(yaml.safe_dump(spec["values"]))
+
+
+@pytest.fixture(scope="session")
+def chart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[helm_python.Chart]:
+    """chart/ (a temp copy with stand-in subcharts), loaded by Helm."""
+    if not (CHART_DIR / "Chart.yaml").is_file():
+        pytest.fail("chart/Chart.yaml is missing")
+    dest = tmp_path_factory.mktemp("ci-chart") / "kiqstack"
+    shutil.copytree(CHART_DIR, dest, ignore=shutil.ignore_patterns("charts", "*.tgz"))
+    _write_standins(dest / "charts")
+    with helm_python.Chart.load(dest) as loaded:
+        yield loaded
+
+
+def render_objects(
+    chart: helm_python.Chart, values: dict[str, Any], *, name: str, namespace: str
+) -> list[dict[str, Any]]:
+    """Render like `helm template` and return kiqstack's own objects (not the stand-ins')."""
+    manifests = chart.render(values, name=name, namespace=namespace, is_install=True)
+    objects = []
+    for path, text in sorted(manifests.items()):
+        if path.endswith("NOTES.txt") or "/charts/" in path:
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                objects.append(doc)
+    return objects
+
+
+def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    names = sorted(f"{o['kind']}/{o['metadata']['name']}" for o in objects)
+    assert len(found) == 1, f"expected one {kind}/{name}; rendered: {names}"
+    return found[0]

@@ -1,0 +1,120 @@
+"""The e2e suite collects, is marked, and skips cleanly (never passes) without a cluster."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.ci.conftest import ROOT, load_yaml
+
+# Every behaviour the issue asks the suite to prove, by test name.
+REQUIRED_TESTS = [
+    "test_add_round_trip",
+    "test_failing_task_reports_its_error",
+    "test_burst_of_500_tasks_all_complete",
+    "test_worker_pod_deleted_mid_burst_loses_nothing[graceful]",
+    "test_worker_pod_deleted_mid_burst_loses_nothing[forced]",
+    "test_rollout_restart_of_workers_mid_burst_loses_nothing",
+    "test_worker_hpa_targets_the_worker_deployment",
+    "test_worker_hpa_reports_current_metrics",
+    "test_server_metrics_through_the_service",
+    "test_worker_metrics_on_every_worker_pod",
+    "test_queue_depth_moves_during_a_burst",
+    "test_helm_upgrade_with_a_changed_setting_rolls_the_pods",
+]
+
+
+def _pytest(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+
+
+def _no_cluster_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("E2E_")}
+    env["KUBECONFIG"] = str(tmp_path / "no-such-kubeconfig")
+    env["HOME"] = str(tmp_path)  # no ~/.kube/config either
+    env.update(extra)
+    return env
+
+
+def test_collect_only_collects_the_whole_suite() -> None:
+    done = _pytest("--collect-only", "-q", "e2e/")
+    assert done.returncode == 0, done.stdout + done.stderr
+    collected = [line for line in done.stdout.splitlines() if "::" in line]
+    names = {line.split("::", 1)[1] for line in collected}
+    missing = [t for t in REQUIRED_TESTS if t not in names]
+    assert not missing, f"not collected: {missing}\n{done.stdout}"
+    assert re.search(rf"\b{len(collected)} tests collected", done.stdout)
+
+
+def test_every_e2e_test_carries_the_marker() -> None:
+    done = _pytest("--collect-only", "-q", "-m", "not e2e", "e2e/")
+    assert re.search(r"0 selected|no tests collected", done.stdout + done.stderr), done.stdout
+    assert done.returncode == 5, "some e2e test is not marked `e2e`"
+
+
+def test_without_a_cluster_everything_is_skipped_with_the_reason(tmp_path: Path) -> None:
+    done = _pytest("e2e/", "-rs", "-q", env=_no_cluster_env(tmp_path))
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert re.search(r"^\d+ skipped in", out.splitlines()[-1]), out
+    summary = out.splitlines()[-1]
+    assert "passed" not in summary
+    assert "failed" not in summary
+    assert "e2e skipped: no Kubernetes cluster configured" in out
+
+
+def test_e2e_require_turns_the_skip_into_a_failure(tmp_path: Path) -> None:
+    done = _pytest("e2e/test_api.py", "-q", env=_no_cluster_env(tmp_path, E2E_REQUIRE="1"))
+    assert done.returncode == 1, done.stdout
+    assert "E2E_REQUIRE=1 but no Kubernetes cluster configured" in done.stdout
+
+
+def test_run_script_parses() -> None:
+    done = subprocess.run(["bash", "-n", "e2e/run.sh"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_run_script_passes_shellcheck() -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed")
+    done = subprocess.run(
+        [shellcheck, "e2e/run.sh"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout
+
+
+def test_run_script_and_make_agree_on_names() -> None:
+    script = (ROOT / "e2e" / "run.sh").read_text()
+    chart = load_yaml(ROOT / "chart" / "Chart.yaml")
+    kind_config = load_yaml(ROOT / "e2e" / "kind-config.yaml")
+    assert f'KIND_CLUSTER="${{KIND_CLUSTER:-{kind_config["name"]}}}"' in script
+    assert f"KIND_CLUSTER ?= {kind_config['name']}" in (ROOT / "mk" / "e2e.mk").read_text()
+    for dep in chart["dependencies"]:
+        assert dep["repository"] in script, f"run.sh does not add the {dep['name']} repository"
+        assert dep["repository"] in (ROOT / "mk" / "e2e.mk").read_text()
+    assert "--values e2e/values.yaml" in script
+    assert "KEEP_CLUSTER" in script
+
+
+def test_kind_node_image_is_pinned_to_the_kind_release_default() -> None:
+    """kind v0.32.0 `pkg/apis/config/defaults/image.go`."""
+    digest = "3489c7674813ba5d8b1a9977baea8a6e553784dab7b84759d1014dbd78f7ebd5"
+    expected = f"kindest/node:v1.36.1@sha256:{digest}"
+    config = load_yaml(ROOT / "e2e" / "kind-config.yaml")
+    assert [n["role"] for n in config["nodes"]] == ["control-plane", "worker"]
+    assert all(n["image"] == expected for n in config["nodes"])

@@ -1,0 +1,120 @@
+"""chart/values-dev.yaml (skaffold) and e2e/values.yaml (kind e2e) fit the chart.
+
+kiqstack's own keys are checked by chart/values.schema.json; the subchart keys (the NATS chart has
+no schema: old or misspelt keys are silently ignored) are checked against the upstream keys below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import helm_python
+import jsonschema
+import pytest
+
+from tests.ci.conftest import CHART_DIR, ROOT, find, load_yaml, render_objects
+
+VALUES_FILES = ["chart/values-dev.yaml", "e2e/values.yaml"]
+
+# Keys kiqstack sets in the subcharts, as they exist upstream (nats-io/k8s 957650f
+# helm/charts/nats/values.yaml at chart 2.14.2; valkey-io/valkey-helm valkey/values.yaml at 0.11.0).
+UPSTREAM_KEYS = {
+    "nats": {
+        "enabled",  # the dependency condition, not an upstream key
+        "config.cluster.enabled",
+        "config.jetstream.fileStore.pvc.size",
+        "container.resources.requests.cpu",
+        "container.resources.requests.memory",
+        "container.resources.limits.memory",
+    },
+    "valkey": {
+        "enabled",
+        "dataStorage.enabled",
+        "dataStorage.requestedSize",
+        "resources.requests.cpu",
+        "resources.requests.memory",
+        "resources.limits.memory",
+    },
+}
+
+
+def _leaves(tree: dict[str, Any], prefix: str = "") -> set[str]:
+    out = set()
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out |= _leaves(value, f"{path}.")
+        else:
+            out.add(path)
+    return out
+
+
+def _values(path: str) -> dict[str, Any]:
+    values: dict[str, Any] = load_yaml(ROOT / path)
+    return values
+
+
+@pytest.fixture(scope="module")
+def values_schema() -> dict[str, Any]:
+    schema: dict[str, Any] = helm_python.Chart.load(CHART_DIR).schema or {}
+    assert schema, "chart/values.schema.json is missing"
+    return schema
+
+
+@pytest.mark.parametrize("path", VALUES_FILES)
+def test_values_satisfy_the_chart_schema(
+    chart: helm_python.Chart, values_schema: dict[str, Any], path: str
+) -> None:
+    values = _values(path)
+    jsonschema.validate(chart.merge_values(values), values_schema)
+    chart.validate_schema(values)  # Helm's own check, as `helm install` runs it
+
+
+@pytest.mark.parametrize("path", VALUES_FILES)
+def test_values_only_override_existing_keys(path: str) -> None:
+    """Per-environment files hold overrides only: every kiqstack key exists in values.yaml."""
+    defaults = load_yaml(CHART_DIR / "values.yaml")
+    values = _values(path)
+    for key in _leaves({k: v for k, v in values.items() if k not in UPSTREAM_KEYS}):
+        node: Any = defaults
+        for part in key.split("."):
+            assert isinstance(node, dict), f"{path}: {key} is not a chart value"
+            assert part in node, f"{path}: {key} is not a chart value"
+            node = node[part]
+    for subchart, allowed in UPSTREAM_KEYS.items():
+        unknown = _leaves(values.get(subchart, {})) - allowed
+        assert not unknown, f"{path}: {subchart} keys not known upstream: {sorted(unknown)}"
+
+
+def test_dev_values_fit_the_inner_loop() -> None:
+    dev = _values("chart/values-dev.yaml")
+    assert dev["config"]["reload"] is True, "skaffold dev relies on uvicorn/taskiq --reload"
+    assert dev["securityContext"]["readOnlyRootFilesystem"] is False, "file sync writes /app"
+    assert dev["server"]["replicas"] == 1
+    assert dev["worker"]["autoscaling"]["mode"] == "none", "no metrics-server needed for dev"
+    assert dev["nats"]["config"]["cluster"]["enabled"] is False, "one NATS server"
+
+
+def test_e2e_values_fit_the_suite() -> None:
+    e2e = _values("e2e/values.yaml")
+    assert "reload" not in e2e.get("config", {}), "e2e runs production settings"
+    assert "securityContext" not in e2e, "e2e keeps the read-only root filesystem"
+    autoscaling = e2e["worker"]["autoscaling"]
+    assert autoscaling["mode"] == "hpa"
+    assert autoscaling["minReplicas"] >= 2, "the pod-deletion test needs a second worker"
+    assert e2e["config"]["ackWaitSeconds"] <= 60, "redelivery must happen within the test timeouts"
+    assert e2e["nats"]["config"]["cluster"]["enabled"] is False, "one NATS server on kind"
+
+
+@pytest.mark.parametrize("path", VALUES_FILES)
+def test_values_render_small_pods(chart: helm_python.Chart, path: str) -> None:
+    values = _values(path) | {"image": {"repository": "kiqstack", "tag": "test"}}
+    objects = render_objects(chart, values, name="kiqstack", namespace="kiqstack")
+    for name in ("kiqstack-server", "kiqstack-worker"):
+        pod = find(objects, "Deployment", name)["spec"]["template"]["spec"]
+        for container in pod["containers"]:
+            requests = container["resources"]["requests"]
+            assert requests["cpu"].endswith("m"), requests
+            assert int(requests["cpu"][:-1]) <= 100, requests
+            assert requests["memory"].endswith("Mi"), requests
+            assert int(requests["memory"][:-2]) <= 128, requests
