@@ -151,13 +151,19 @@ class Rendered:
         return sorted(f"{o['kind']}/{o['metadata']['name']}" for o in self.objects)
 
 
+def validate_schema(chart: Path, values: dict[str, Any]) -> None:
+    """Check values against the chart's values.schema.json (raises HelmValuesError)."""
+    with helm_python.Chart.load(chart) as loaded:
+        loaded.validate_schema(values)
+
+
 def clean(obj: dict[str, Any]) -> dict[str, Any]:
     """The object without the test's bookkeeping keys."""
     return {k: v for k, v in obj.items() if not k.startswith("_")}
 
 
 def render(
-    chart: helm_python.Chart,
+    chart: Path,
     values: dict[str, Any] | None = None,
     *,
     name: str = "demo",
@@ -165,26 +171,31 @@ def render(
     api_versions: list[str] | None = None,
     kube_version: str | None = None,
 ) -> Rendered:
-    """Render like ``helm template``; ``api_versions`` mimics ``--api-versions``.
+    """Render the chart directory like ``helm template`` (``api_versions``: ``--api-versions``).
+
+    The chart is loaded afresh for every render: Helm drops the subcharts whose ``condition`` is
+    false from the loaded chart object itself, so a shared ``helm_python.Chart`` would lose its
+    dependencies after the first render with ``nats.enabled: false``.
 
     helm_python's public ``render`` has no ``api_versions``/``kube_version`` options although the
     native library accepts them, so those calls go through the native entry point.
     """
-    if api_versions is None and kube_version is None:
-        manifests = chart.render(values, name=name, namespace=namespace, is_install=True)
-    else:
-        opts: dict[str, Any] = {"name": name, "namespace": namespace, "is_install": True}
-        if api_versions:
-            opts["api_versions"] = api_versions
-        if kube_version:
-            opts["kube_version"] = kube_version
-        raw = _native.call_string(
-            "helm_render",
-            chart._raw(),
-            json.dumps(values) if values else None,
-            json.dumps(opts),
-        )
-        manifests = json.loads(raw)
+    with helm_python.Chart.load(chart) as loaded:
+        if api_versions is None and kube_version is None:
+            manifests = loaded.render(values, name=name, namespace=namespace, is_install=True)
+        else:
+            opts: dict[str, Any] = {"name": name, "namespace": namespace, "is_install": True}
+            if api_versions:
+                opts["api_versions"] = api_versions
+            if kube_version:
+                opts["kube_version"] = kube_version
+            raw = _native.call_string(
+                "helm_render",
+                loaded._raw(),
+                json.dumps(values) if values else None,
+                json.dumps(opts),
+            )
+            manifests = json.loads(raw)
     return Rendered(manifests)
 
 

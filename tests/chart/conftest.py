@@ -6,7 +6,6 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import helm_python
 import pytest
 from chartlib import CHART_DIR, STANDINS, Rendered, render, write_standin
 
@@ -24,11 +23,11 @@ def chart_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def chart(chart_path: Path) -> Iterator[helm_python.Chart]:
-    with helm_python.Chart.load(chart_path) as loaded:
-        yield loaded
+def chart(chart_path: Path) -> Path:
+    """The chart directory to render (chartlib.render loads it afresh each time)."""
+    return chart_path
 
 
 @pytest.fixture(scope="session")
-def defaults(chart: helm_python.Chart) -> Rendered:
+def defaults(chart: Path) -> Rendered:
     return render(chart)

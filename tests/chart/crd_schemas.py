@@ -18,7 +18,11 @@ _META = {
     "properties": {"name": _STR, "namespace": _STR, "labels": _STRMAP, "annotations": _STRMAP},
     "additionalProperties": False,
 }
-_DURATION = {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"}
+_DURATION = {
+    "type": "string",
+    "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?"
+    "(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$",
+}
 _SELECTOR = {
     "type": "object",
     "properties": {"matchLabels": _STRMAP},

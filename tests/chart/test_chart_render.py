@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import helm_python
+from pathlib import Path
+
 import pytest
 import yaml
 from chartlib import (
@@ -179,19 +180,25 @@ def test_worker_hpa_and_no_replicas(defaults: Rendered) -> None:
     [metric] = hpa["spec"]["metrics"]
     assert metric["containerResource"]["name"] == "cpu"
     assert metric["containerResource"]["container"] == "worker"
-    assert metric["containerResource"]["target"] == {"type": "Utilization", "averageUtilization": 70}
+    assert metric["containerResource"]["target"] == {
+        "type": "Utilization",
+        "averageUtilization": 70,
+    }
     down = hpa["spec"]["behavior"]["scaleDown"]
     assert down["stabilizationWindowSeconds"] == 300
     assert down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 60}]
     assert not defaults.find("ScaledObject")
 
 
-def test_worker_grace_period(defaults: Rendered, chart: helm_python.Chart) -> None:
+def test_worker_grace_period(defaults: Rendered, chart: Path) -> None:
     spec = defaults.get("Deployment", "demo-kiqstack-worker")["spec"]["template"]["spec"]
     assert spec["terminationGracePeriodSeconds"] == 30 + 15
     r = render(
         chart,
-        {"config": {"worker": {"shutdownTimeout": 120}}, "worker": {"terminationGraceMarginSeconds": 5}},
+        {
+            "config": {"worker": {"shutdownTimeout": 120}},
+            "worker": {"terminationGraceMarginSeconds": 5},
+        },
     )
     spec = r.get("Deployment", "demo-kiqstack-worker")["spec"]["template"]["spec"]
     assert spec["terminationGracePeriodSeconds"] == 125
@@ -215,7 +222,7 @@ def _checksums(r: Rendered) -> dict[str, tuple[str, str]]:
     return out
 
 
-def test_checksum_changes_with_settings(defaults: Rendered, chart: helm_python.Chart) -> None:
+def test_checksum_changes_with_settings(defaults: Rendered, chart: Path) -> None:
     base = _checksums(defaults)
     assert base == _checksums(render(chart))  # deterministic
     changed = _checksums(render(chart, {"config": {"logLevel": "DEBUG"}}))
@@ -246,9 +253,10 @@ def test_helm_test_pods(defaults: Rendered) -> None:
     assert '{"args": [2, 3]}' in script
     assert 'result.get("result") == 5' in script
     assert "API_TOKEN" not in {e["name"] for e in roundtrip["spec"]["containers"][0]["env"]}
-    assert "/readyz" in defaults.get("Pod", "demo-kiqstack-test-readyz")["spec"]["containers"][0][
-        "args"
-    ][0]
+    assert (
+        "/readyz"
+        in defaults.get("Pod", "demo-kiqstack-test-readyz")["spec"]["containers"][0]["args"][0]
+    )
 
 
 def test_notes(defaults: Rendered) -> None:
