@@ -118,3 +118,20 @@ def test_values_render_small_pods(chart: helm_python.Chart, path: str) -> None:
             assert int(requests["cpu"][:-1]) <= 100, requests
             assert requests["memory"].endswith("Mi"), requests
             assert int(requests["memory"][:-2]) <= 128, requests
+
+
+def test_the_e2e_upgrade_setting_changes_both_pod_templates(chart: helm_python.Chart) -> None:
+    """e2e/test_upgrade.py toggles config.logLevel and expects both Deployments to roll."""
+    base = _values("e2e/values.yaml") | {"image": {"repository": "kiqstack", "tag": "test"}}
+    rendered = {}
+    for level in ("INFO", "DEBUG"):
+        values = base | {"config": base["config"] | {"logLevel": level}}
+        chart.validate_schema(values)
+        rendered[level] = render_objects(chart, values, name="kiqstack", namespace="kiqstack")
+    for name in ("kiqstack-server", "kiqstack-worker"):
+        before, after = (
+            find(rendered[level], "Deployment", name)["spec"]["template"]["metadata"]
+            for level in ("INFO", "DEBUG")
+        )
+        assert before["annotations"] != after["annotations"], f"{name} would not roll"
+    assert find(rendered["DEBUG"], "ConfigMap", "kiqstack")["data"]["LOG_LEVEL"] == "DEBUG"
