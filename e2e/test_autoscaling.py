@@ -27,9 +27,18 @@ def test_worker_hpa_targets_the_worker_deployment(kube: Kube, target: Target) ->
     assert hpa.spec.min_replicas >= 2, "e2e/values.yaml asks for two workers at least"
     assert hpa.spec.max_replicas >= hpa.spec.min_replicas
     assert any(m.type == "Resource" and m.resource.name == "cpu" for m in hpa.spec.metrics)
-    # The HPA owns the replica count: the Deployment must follow it, not fight it.
-    dep = kube.apps.read_namespaced_deployment(target.worker, target.namespace)
-    assert hpa.spec.min_replicas <= dep.spec.replicas <= hpa.spec.max_replicas
+    # The HPA owns the replica count (the chart renders no `replicas`): right after the install the
+    # Deployment has the default 1 until the HPA raises it to minReplicas, whatever the metrics say.
+    deadline = time.monotonic() + 120
+    while True:
+        dep = kube.apps.read_namespaced_deployment(target.worker, target.namespace)
+        if hpa.spec.min_replicas <= dep.spec.replicas <= hpa.spec.max_replicas:
+            break
+        assert time.monotonic() < deadline, (
+            f"worker replicas {dep.spec.replicas} outside the HPA's "
+            f"{hpa.spec.min_replicas}..{hpa.spec.max_replicas} after 120s"
+        )
+        time.sleep(3)
 
 
 @pytest.mark.timeout(400)

@@ -55,7 +55,7 @@ def test_server_metrics_through_the_service(api: Api, kube: Kube, target: Target
         assert name in names, f"{name} missing from the server's /metrics"
 
 
-def test_server_metrics_count_dispatches_on_every_pod(api: Api, kube: Kube, target: Target) -> None:
+def test_server_metrics_count_dispatches(api: Api, kube: Kube, target: Target) -> None:
     for _ in range(10):
         api.dispatch(ADD, 1, 2)
     pods = ready_pods(kube, target, "server")
