@@ -1,21 +1,14 @@
 # Inner loop (skaffold), kind e2e suite, and the offline checks of their configuration.
-# Included by the Makefile (`-include mk/*.mk`); uses $(PY) and the `install` target from there.
+# Included by the Makefile (`-include mk/*.mk`); uses $(PY) and `install` from there and
+# `chart-deps` (helm repo add nats + valkey, helm dependency build chart) from mk/chart.mk.
 # `e2e` and `dev` need docker, kind, kubectl and helm (and skaffold for `dev`); `ci-config-test` needs none.
 
 KIND_CLUSTER ?= kiqstack-e2e
 KIND_DEV_CLUSTER ?= kiqstack-dev
-E2E_NATS_REPO := https://nats-io.github.io/k8s/helm/charts/
-E2E_VALKEY_REPO := https://valkey.io/valkey-helm/
 
 .PHONY: e2e
 e2e: install ## kind e2e: cluster, image, metrics-server, helm install, helm test, pytest e2e/ (KEEP_CLUSTER=1 keeps it).
 	KIND_CLUSTER=$(KIND_CLUSTER) PYTHON=$(PY) bash e2e/run.sh
-
-.PHONY: e2e-chart-deps
-e2e-chart-deps: ## helm repo add nats + valkey, then helm dependency build chart (needs the helm CLI).
-	helm repo add nats $(E2E_NATS_REPO) --force-update
-	helm repo add valkey $(E2E_VALKEY_REPO) --force-update
-	helm dependency build chart
 
 .PHONY: dev-cluster
 dev-cluster: ## Create a kind cluster for `make dev` (KIND_DEV_CLUSTER, default kiqstack-dev) unless it exists.
@@ -23,7 +16,7 @@ dev-cluster: ## Create a kind cluster for `make dev` (KIND_DEV_CLUSTER, default 
 		|| kind create cluster --name '$(KIND_DEV_CLUSTER)' --config e2e/kind-config.yaml --wait 180s
 
 .PHONY: dev
-dev: e2e-chart-deps ## skaffold dev on the current kube context: build, deploy, sync app/**/*.py, reload, port-forward :8000.
+dev: chart-deps ## skaffold dev on the current kube context: build, deploy, sync app/**/*.py, reload, port-forward :8000.
 	skaffold dev
 
 .PHONY: ci-config-test

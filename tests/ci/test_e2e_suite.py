@@ -104,9 +104,11 @@ def test_run_script_and_make_agree_on_names() -> None:
     kind_config = load_yaml(ROOT / "e2e" / "kind-config.yaml")
     assert f'KIND_CLUSTER="${{KIND_CLUSTER:-{kind_config["name"]}}}"' in script
     assert f"KIND_CLUSTER ?= {kind_config['name']}" in (ROOT / "mk" / "e2e.mk").read_text()
+    makefiles = "".join(p.read_text() for p in (ROOT / "mk").glob("*.mk"))
+    assert re.search(r"^dev: chart-deps\b", makefiles, re.MULTILINE)
     for dep in chart["dependencies"]:
         assert dep["repository"] in script, f"run.sh does not add the {dep['name']} repository"
-        assert dep["repository"] in (ROOT / "mk" / "e2e.mk").read_text()
+        assert dep["repository"] in makefiles, f"`make chart-deps` does not add {dep['name']}"
     assert "--values e2e/values.yaml" in script
     assert "KEEP_CLUSTER" in script
 
