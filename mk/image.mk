@@ -39,5 +39,5 @@ image: $(if $(LOCAL_BASE),build-base-image) ## Build the image (IMAGE, from BASE
 
 .PHONY: test-container
 test-container: install ## Build the image and test server/worker/both containers with real NATS + Redis.
-	DOCKER="$(DOCKER)" IMAGE="$(IMAGE)" BASE_IMAGE="$(BASE_IMAGE)" PIP_CA="$(PIP_CA)" \
+	DOCKER="$(DOCKER)" IMAGE="$(IMAGE)" BASE_IMAGE="$(BASE_IMAGE)" PIP_CA="$(PIP_CA)" REQUIRE_DOCKER=1 \
 		$(PY) -m pytest -m container tests/container $(PYTEST_ARGS)

@@ -12,7 +12,8 @@ teardown, even when a test fails; a session finalizer sweeps the label as a last
 
 Environment: ``DOCKER`` (client with BuildKit), ``IMAGE`` (tag to build, default ``kiqstack:dev``),
 ``BASE_IMAGE`` (default ``kiqstack/python-base:bookworm``), ``PIP_CA`` (CA bundle for pip inside the
-build; empty disables it).
+build; empty disables it), ``REQUIRE_DOCKER=1`` (fail instead of skipping when no engine answers;
+``make test-container`` sets it).
 """
 
 from __future__ import annotations
@@ -130,19 +131,33 @@ class Docker:
         return self.run("image", "inspect", name, check=False).returncode == 0
 
 
+def _no_engine(reason: str) -> None:
+    """Skip, or fail when the run asked for the container tests explicitly (REQUIRE_DOCKER=1)."""
+    message = f"container tests: {reason}"
+    if os.environ.get("REQUIRE_DOCKER") == "1":
+        pytest.fail(f"{message} (REQUIRE_DOCKER=1)", pytrace=False)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def docker() -> Docker:
     """The docker client; skips the container tests when no engine is reachable."""
     client = find_docker()
     if client is None:
-        pytest.skip("container tests: no docker client with BuildKit found (set DOCKER=...)")
+        _no_engine("no docker client with BuildKit found (set DOCKER=...)")
+    assert client is not None
     try:
-        info = subprocess.run([client, "info"], capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(
+            [client, "version", "--format", "{{.Server.Version}}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.SubprocessError) as exc:
-        pytest.skip(f"container tests: no Docker engine reachable ({client}: {exc})")
-    if info.returncode != 0:
-        reason = (info.stderr.strip().splitlines() or ["docker info failed"])[-1]
-        pytest.skip(f"container tests: no Docker engine reachable ({client}: {reason})")
+        _no_engine(f"no Docker engine reachable ({client}: {exc})")
+    if proc.returncode != 0 or not proc.stdout.strip():
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        _no_engine(f"no Docker engine reachable ({client}: {lines[0] if lines else 'no answer'})")
     return Docker(client)
 
 
@@ -175,6 +190,7 @@ def base_image(docker: Docker) -> str:
     """The base image, built with ``scripts/build-base-image.sh`` if it is a missing local base."""
     base = os.environ.get("BASE_IMAGE") or DEFAULT_BASE_IMAGE
     if base.startswith(LOCAL_BASE_PREFIX) and not docker.image_exists(base):
+        started = time.monotonic()
         proc = subprocess.run(
             [str(ROOT / "scripts" / "build-base-image.sh"), base],
             env={**os.environ, "DOCKER": docker.client},
@@ -183,6 +199,7 @@ def base_image(docker: Docker) -> str:
             timeout=600,
         )
         assert proc.returncode == 0, f"building {base} failed:\n{proc.stdout}\n{proc.stderr}"
+        OBSERVATIONS.append(f"built the base {base} in {time.monotonic() - started:.1f}s")
     return base
 
 
