@@ -154,9 +154,6 @@ class KiqBroker(PullBasedJetStreamBroker):
         settings = self.settings
         if not isinstance(self.result_backend, KiqResultBackend):
             self.configure(settings)
-        # AsyncBroker.startup: events, middlewares, result backend. Skip taskiq-nats' own
-        # startup, which would keep an incompatible stream silently.
-        await AsyncBroker.startup(self)
         self.client = Client()  # type: ignore[misc]  # a fresh client per startup
         await self.client.connect(
             settings.nats_url,
@@ -176,6 +173,9 @@ class KiqBroker(PullBasedJetStreamBroker):
             self.consumer = await self.js.pull_subscribe_bind(
                 durable=settings.nats_consumer, stream=settings.nats_stream
             )
+        # Then AsyncBroker.startup: events, middlewares, result backend. taskiq-nats' own
+        # startup is skipped: it would keep an incompatible stream silently.
+        await AsyncBroker.startup(self)
 
     async def shutdown(self) -> None:
         """Close the NATS connection, then the result backend and middlewares."""

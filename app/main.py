@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__, metrics
@@ -77,6 +78,13 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
 
 
+async def _redis_error(_: Request, exc: Exception) -> JSONResponse:
+    logger.warning("result store unavailable: %s", exc)
+    return JSONResponse(
+        {"detail": f"result store (Redis) unavailable: {type(exc).__name__}"}, status_code=503
+    )
+
+
 def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = None) -> FastAPI:
     """Build the API.
 
@@ -118,6 +126,7 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
     app.state.lifecycle = lifecycle
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(RedisError, _redis_error)
     app.add_middleware(HTTPMetricsMiddleware)
     app.include_router(api_router)
     return app

@@ -1,0 +1,189 @@
+"""Run kiqstack roles as real OS processes for tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from scripts.localinfra import free_port
+
+
+def unique_names(tag: str = "t") -> dict[str, str]:
+    """Stream, subject, consumer and key names no other test uses."""
+    suffix = f"{tag}_{uuid.uuid4().hex[:10]}"
+    return {
+        "NATS_STREAM": f"kq_{suffix}",
+        "NATS_SUBJECT": f"kq.{suffix}.tasks",
+        "NATS_CONSUMER": f"kqw_{suffix}",
+        "NATS_DEAD_LETTER_STREAM": f"kqdl_{suffix}",
+        "NATS_DEAD_LETTER_SUBJECT": f"kq.{suffix}.dead",
+        "RESULT_KEY_PREFIX": f"kq:{suffix}",
+    }
+
+
+@dataclass
+class Role:
+    """One ``python -m app <role>`` process."""
+
+    role: str
+    env: dict[str, str]
+    log_path: Path
+    port: int | None = None
+    metrics_port: int | None = None
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self, wait_ready: bool = True, timeout: float = 30.0) -> Role:
+        """Start the process; wait until its probe port answers ``/readyz``."""
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app", self.role],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
+
+    @property
+    def probe_url(self) -> str:
+        """Base URL of the port whose ``/readyz`` tells this role is ready."""
+        port = self.port if self.role in ("server", "both") else self.metrics_port
+        return f"http://127.0.0.1:{port}"
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait for ``/readyz`` to answer 200 (and for the worker port too in ``both``)."""
+        urls = [self.probe_url]
+        if self.role == "both":
+            urls.append(f"http://127.0.0.1:{self.metrics_port}")
+        deadline = time.monotonic() + timeout
+        for url in urls:
+            while True:
+                if self.process is not None and self.process.poll() is not None:
+                    raise RuntimeError(f"{self.role} exited early:\n{self.logs()}")
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.role} not ready after {timeout}s:\n{self.logs()}")
+                time.sleep(0.1)
+
+    def logs(self) -> str:
+        """Everything the process printed so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, sig: int) -> None:
+        """Send a signal to the process (the taskiq worker parent for ``worker``)."""
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def kill_group(self) -> None:
+        """SIGKILL the process and every child it started (like a pod's container dying)."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to exit and return its code."""
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        """Stop the process and its children, politely then firmly."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if self.process.poll() is None:
+            self.process.wait(10)
+
+    def metrics(self) -> str:
+        """The worker's ``/metrics`` page."""
+        return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+
+
+class Stack:
+    """Starts roles sharing one set of settings; stops them all on :meth:`close`."""
+
+    def __init__(self, base_env: dict[str, Any], logdir: Path) -> None:
+        """Create a stack.
+
+        :param base_env: settings shared by the roles (environment variable names).
+        :param logdir: where process logs go.
+        """
+        self.base_env = {key: str(value) for key, value in base_env.items()}
+        self.logdir = logdir
+        self.roles: list[Role] = []
+
+    def role(self, role: str, start: bool = True, **overrides: Any) -> Role:
+        """Create (and by default start) a role process."""
+        env = {
+            **os.environ,
+            "PORT": str(free_port()),
+            "METRICS_PORT": str(free_port()),
+            "HOST": "127.0.0.1",
+            "SHUTDOWN_DELAY_SECONDS": "0",
+            **self.base_env,
+            **{key: str(value) for key, value in overrides.items()},
+        }
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        item = Role(
+            role=role,
+            env=env,
+            log_path=self.logdir / f"{role}-{len(self.roles)}.log",
+            port=int(env["PORT"]),
+            metrics_port=int(env["METRICS_PORT"]),
+        )
+        self.roles.append(item)
+        if start:
+            item.start()
+        return item
+
+    def close(self) -> None:
+        """Stop every role."""
+        for item in self.roles:
+            item.stop()
+
+    def dump_logs(self) -> str:
+        """All logs, for a failing test's report."""
+        return "\n".join(f"===== {r.role} ({r.log_path.name})\n{r.logs()}" for r in self.roles)
+
+
+def metric_value(page: str, name: str, **labels: str) -> float:
+    """Sum the samples of ``name`` on a Prometheus text page that carry ``labels``."""
+    total = 0.0
+    found = False
+    for line in page.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        series, _, value = line.rpartition(" ")
+        metric, _, label_text = series.partition("{")
+        if metric != name:
+            continue
+        if all(f'{key}="{val}"' in label_text for key, val in labels.items()):
+            total += float(value)
+            found = True
+    if not found:
+        raise KeyError(f"{name}{labels} not on the page")
+    return total
