@@ -65,7 +65,7 @@ def test_stop_redelivers_unfinished_tasks_to_another_worker(
     """WORKER_SHUTDOWN_TIMEOUT shorter than the tasks: they are redelivered to a second worker."""
     # Shorter than ACK_WAIT_SECONDS, so the second worker finishes each task before JetStream
     # would deliver it yet again; longer than WORKER_SHUTDOWN_TIMEOUT, so the first one gives up.
-    task_seconds = 3.0
+    task_seconds = 4.0
     worker_env = {"WORKER_SHUTDOWN_TIMEOUT": "1", "ACK_WAIT_SECONDS": "5"}
     server = containers.start("server")
     first = containers.start("worker", env=worker_env)
