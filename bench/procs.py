@@ -1,0 +1,101 @@
+"""Process helpers for the benchmark: start, stop, and read CPU time and peak RSS from ``/proc``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (children first)."""
+    found: list[int] = []
+    stack = [pid]
+    while stack:
+        parent = stack.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                for child in (task / "children").read_text().split():
+                    found.append(int(child))
+                    stack.append(int(child))
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident set size (``VmHWM``) of a process in MiB (0 when it is gone)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Proc:
+    """A process we started in its own session (so its whole group can be stopped)."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+        """Start ``argv`` with ``env``; stdout and stderr go to ``log``."""
+        self.log = log
+        with log.open("ab") as out:
+            self.popen = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        """The process id."""
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        """Tell whether the process still runs."""
+        return self.popen.poll() is None
+
+    def main_pid(self) -> int:
+        """The process doing the work: the largest descendant (taskiq's worker), or itself."""
+        kids = descendants(self.pid)
+        return max(kids, key=peak_rss_mb) if kids else self.pid
+
+    def tree_cpu(self) -> float:
+        """CPU seconds used by the process and its live descendants."""
+        return cpu_seconds(self.pid) + sum(cpu_seconds(p) for p in descendants(self.pid))
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM, then SIGKILL to the whole group after ``timeout``."""
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(5)
+
+    def tail(self, lines: int = 40) -> str:
+        """The end of the log."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def python() -> str:
+    """The interpreter running the benchmark (the project's venv)."""
+    return sys.executable
