@@ -12,6 +12,7 @@ subcharts are exercised by the kind e2e.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,11 @@ STANDINS: dict[str, dict[str, Any]] = {
         "values": {
             "nameOverride": None,
             "fullnameOverride": None,
-            "config": {"jetstream": {"enabled": False}, "monitor": {"enabled": True, "port": 8222}},
+            "config": {
+                "cluster": {"enabled": False, "replicas": 3},
+                "jetstream": {"enabled": False},
+                "monitor": {"enabled": True, "port": 8222},
+            },
             "natsBox": {"enabled": True},
         },
         "services": {
@@ -108,6 +113,14 @@ def write_standin(charts_dir: Path, name: str, spec: dict[str, Any]) -> None:
         (root / "templates" / fname).write_text(
             _SERVICE_TPL % {"suffix": suffix, "extra": extra, "ports": ports}
         )
+
+
+def copy_chart(dest: Path) -> Path:
+    """Copy chart/ to ``dest`` with the stand-in subcharts under charts/; returns ``dest``."""
+    shutil.copytree(CHART_DIR, dest, ignore=shutil.ignore_patterns("charts", "*.tgz"))
+    for name, spec in STANDINS.items():
+        write_standin(dest / "charts", name, spec)
+    return dest
 
 
 class Rendered:
@@ -197,6 +210,14 @@ def render(
             )
             manifests = json.loads(raw)
     return Rendered(manifests)
+
+
+def render_objects(
+    chart: Path, values: dict[str, Any] | None, *, name: str, namespace: str
+) -> list[dict[str, Any]]:
+    """Render like ``helm template`` and return kiqstack's own objects (not the stand-ins'),
+    without the test's bookkeeping keys."""
+    return [clean(o) for o in render(chart, values, name=name, namespace=namespace).own()]
 
 
 K8S_VERSIONS = ("1.33", "1.36")

@@ -2,9 +2,9 @@
 
 The chart is rendered with Helm 4 as a library (``helm_python``); no helm, skaffold or kind binary
 is needed. Helm refuses to render a chart whose dependencies are missing and no chart repository is
-reachable here, so the ``chart`` fixture renders a temporary copy of ``chart/`` with stand-in
-``nats`` and ``valkey`` subcharts (right names and versions, the upstream defaults of the keys
-kiqstack reads, no templates). The real subcharts are exercised by the kind e2e.
+reachable here, so the ``chart`` fixture is a temporary copy of ``chart/`` with the chart tests'
+stand-in ``nats`` and ``valkey`` subcharts (``tests/chart/chartlib.py``, which also renders it).
+The real subcharts are exercised by the kind e2e.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,40 +20,10 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.chart.chartlib import CHART_DIR, copy_chart
+
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
-CHART_DIR = ROOT / "chart"
-
-# Upstream defaults of the subchart keys the kiqstack templates read
-# (nats-io/k8s helm/charts/nats/values.yaml, valkey-io/valkey-helm valkey/values.yaml).
-_STANDINS: dict[str, dict[str, Any]] = {
-    "nats": {
-        "version": "2.14.2",
-        "appVersion": "2.14.2",
-        "values": {
-            "nameOverride": None,
-            "fullnameOverride": None,
-            "config": {
-                "cluster": {"enabled": False, "replicas": 3},
-                "jetstream": {"enabled": False},
-                "monitor": {"enabled": True, "port": 8222},
-            },
-            "natsBox": {"enabled": True},
-        },
-    },
-    "valkey": {
-        "version": "0.11.0",
-        "appVersion": "9.1.1",
-        "values": {
-            "nameOverride": "",
-            "fullnameOverride": "",
-            "deploymentStrategy": "RollingUpdate",
-            "dataStorage": {"enabled": False},
-            "auth": {"enabled": False, "usersExistingSecret": "", "aclUsers": {}},
-            "service": {"port": 6379},
-        },
-    },
-}
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -210,46 +178,12 @@ def release_values(doc: dict[str, Any], tag: str) -> dict[str, Any]:
 # --- chart rendering --------------------------------------------------------------------------
 
 
-def _write_standins(charts_dir: Path) -> None:
-    for name, spec in _STANDINS.items():
-        root = charts_dir / name
-        (root / "templates").mkdir(parents=True)
-        meta = {
-            "apiVersion": "v2",
-            "name": name,
-            "version": spec["version"],
-            "appVersion": spec["appVersion"],
-            "description": f"Test stand-in for the upstream {name} chart",
-        }
-        (root / "Chart.yaml").write_text(yaml.safe_dump(meta))
-        (root / "values.yaml").write_text(yaml.safe_dump(spec["values"]))
-
-
 @pytest.fixture(scope="session")
-def chart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[helm_python.Chart]:
-    """chart/ (a temp copy with stand-in subcharts), loaded by Helm."""
+def chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A temp copy of chart/ with stand-in subcharts (chartlib.render loads it afresh each time)."""
     if not (CHART_DIR / "Chart.yaml").is_file():
         pytest.fail("chart/Chart.yaml is missing")
-    dest = tmp_path_factory.mktemp("ci-chart") / "kiqstack"
-    shutil.copytree(CHART_DIR, dest, ignore=shutil.ignore_patterns("charts", "*.tgz"))
-    _write_standins(dest / "charts")
-    with helm_python.Chart.load(dest) as loaded:
-        yield loaded
-
-
-def render_objects(
-    chart: helm_python.Chart, values: dict[str, Any], *, name: str, namespace: str
-) -> list[dict[str, Any]]:
-    """Render like `helm template` and return kiqstack's own objects (not the stand-ins')."""
-    manifests = chart.render(values, name=name, namespace=namespace, is_install=True)
-    objects = []
-    for path, text in sorted(manifests.items()):
-        if path.endswith("NOTES.txt") or "/charts/" in path:
-            continue
-        for doc in yaml.safe_load_all(text):
-            if doc:
-                objects.append(doc)
-    return objects
+    return copy_chart(tmp_path_factory.mktemp("ci-chart") / "kiqstack")
 
 
 def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:

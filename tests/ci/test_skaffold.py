@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import glob
 import re
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-import helm_python
 import kubernetes_validate
 import pytest
 
+from tests.chart.chartlib import render_objects, validate_schema
 from tests.ci.conftest import (
     ROOT,
     effective_skaffold,
@@ -25,7 +25,6 @@ from tests.ci.conftest import (
     load_schema,
     load_yaml,
     release_values,
-    render_objects,
     sanitize,
     schema_errors,
     skaffold_doc,
@@ -156,7 +155,7 @@ def test_ci_profile_builds_the_production_image() -> None:
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=PROFILE_IDS)
-def test_port_forwards_name_rendered_objects(chart: helm_python.Chart, profile: str | None) -> None:
+def test_port_forwards_name_rendered_objects(chart: Path, profile: str | None) -> None:
     doc = effective_skaffold(profile)
     (release,) = doc["deploy"]["helm"]["releases"]
     objects = render_objects(
@@ -189,11 +188,11 @@ def _containers(objects: list[dict[str, Any]], deployment: str) -> list[dict[str
 
 @pytest.mark.parametrize("profile", PROFILES, ids=PROFILE_IDS)
 def test_release_renders_valid_objects_with_the_built_image(
-    chart: helm_python.Chart, profile: str | None
+    chart: Path, profile: str | None
 ) -> None:
     doc = effective_skaffold(profile)
     values = release_values(doc, FAKE_TAG)
-    chart.validate_schema(values)
+    validate_schema(chart, values)
     objects = render_objects(chart, values, name="kiqstack", namespace="kiqstack")
     for obj in objects:
         if obj["apiVersion"].endswith(".coreos.com/v1") or obj["apiVersion"].startswith("keda.sh/"):

@@ -6,13 +6,15 @@ no schema: old or misspelt keys are silently ignored) are checked against the up
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import helm_python
 import jsonschema
 import pytest
 
-from tests.ci.conftest import CHART_DIR, ROOT, find, load_yaml, render_objects
+from tests.chart.chartlib import CHART_DIR, render_objects, validate_schema
+from tests.ci.conftest import ROOT, find, load_yaml
 
 VALUES_FILES = ["chart/values-dev.yaml", "e2e/values.yaml"]
 
@@ -63,11 +65,12 @@ def values_schema() -> dict[str, Any]:
 
 @pytest.mark.parametrize("path", VALUES_FILES)
 def test_values_satisfy_the_chart_schema(
-    chart: helm_python.Chart, values_schema: dict[str, Any], path: str
+    chart: Path, values_schema: dict[str, Any], path: str
 ) -> None:
     values = _values(path)
-    jsonschema.validate(chart.merge_values(values), values_schema)
-    chart.validate_schema(values)  # Helm's own check, as `helm install` runs it
+    with helm_python.Chart.load(chart) as loaded:
+        jsonschema.validate(loaded.merge_values(values), values_schema)
+        loaded.validate_schema(values)  # Helm's own check, as `helm install` runs it
 
 
 @pytest.mark.parametrize("path", VALUES_FILES)
@@ -107,7 +110,7 @@ def test_e2e_values_fit_the_suite() -> None:
 
 
 @pytest.mark.parametrize("path", VALUES_FILES)
-def test_values_render_small_pods(chart: helm_python.Chart, path: str) -> None:
+def test_values_render_small_pods(chart: Path, path: str) -> None:
     values = _values(path) | {"image": {"repository": "kiqstack", "tag": "test"}}
     objects = render_objects(chart, values, name="kiqstack", namespace="kiqstack")
     for name in ("kiqstack-server", "kiqstack-worker"):
@@ -120,13 +123,13 @@ def test_values_render_small_pods(chart: helm_python.Chart, path: str) -> None:
             assert int(requests["memory"][:-2]) <= 128, requests
 
 
-def test_the_e2e_upgrade_setting_changes_both_pod_templates(chart: helm_python.Chart) -> None:
+def test_the_e2e_upgrade_setting_changes_both_pod_templates(chart: Path) -> None:
     """e2e/test_upgrade.py toggles config.logLevel and expects both Deployments to roll."""
     base = _values("e2e/values.yaml") | {"image": {"repository": "kiqstack", "tag": "test"}}
     rendered = {}
     for level in ("INFO", "DEBUG"):
         values = base | {"config": base["config"] | {"logLevel": level}}
-        chart.validate_schema(values)
+        validate_schema(chart, values)
         rendered[level] = render_objects(chart, values, name="kiqstack", namespace="kiqstack")
     for name in ("kiqstack-server", "kiqstack-worker"):
         before, after = (
