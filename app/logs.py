@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +37,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """The text format, with the timestamp's date and time rendered once per second."""
+
+    def __init__(self) -> None:
+        """Create the formatter."""
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s [%(process)d] %(message)s")
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """``YYYY-MM-DD HH:MM:SS,mmm`` in local time, like the standard formatter."""
+        second = int(record.created)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created))
+        return f"{self._stamp},{int(record.msecs):03d}"
+
+
 def configure_logging(settings: Settings) -> None:
     """Send logs to stderr at ``LOG_LEVEL`` in ``LOG_FORMAT``.
 
@@ -45,9 +64,14 @@ def configure_logging(settings: Settings) -> None:
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s [%(process)d] %(message)s")
-        )
+        handler.setFormatter(TextFormatter())
+    # Skip what no kiqstack log line shows (caller lookup walks the stack on every record): the
+    # logging docs' "Optimization" switches. Task start/finish lines are on the hot path.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+    if hasattr(logging, "logAsyncioTasks"):
+        logging.logAsyncioTasks = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)

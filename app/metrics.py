@@ -1,9 +1,10 @@
 """Prometheus metrics of the API and the worker (all prefixed ``kiqstack_``).
 
-Metrics live in explicit registries. A worker container may run several worker processes; then
-``python -m app worker`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before the
-processes start, prometheus-client writes every process's values there, and the metrics endpoint
-aggregates them (:func:`worker_exposition`).
+Metrics live in explicit registries. A worker container may run several worker processes
+(``WORKER_PROCESSES`` > 1); then ``python -m app worker`` points ``PROMETHEUS_MULTIPROC_DIR`` at a
+fresh directory before the processes start, prometheus-client writes every process's values there,
+and the metrics endpoint aggregates them (:func:`worker_exposition`). One process keeps them in
+memory.
 """
 
 from __future__ import annotations

@@ -62,6 +62,10 @@ class KiqResultBackend(RedisAsyncResultBackend[_ReturnType]):
     notify_wait_seconds = 0.5
     #: Results up to this size (serialized) ride inside the notification.
     inline_limit = 4096
+    #: A flush within this long of the previous one counts as busy and waits
+    #: ``batch_delay_seconds`` to gather more results into one round trip.
+    batch_busy_seconds = 0.002
+    batch_delay_seconds = 0.001
     _INLINE_CACHE = 10_000
 
     def __init__(self, settings: Settings) -> None:
@@ -90,6 +94,7 @@ class KiqResultBackend(RedisAsyncResultBackend[_ReturnType]):
         # Writes waiting for the next pipelined flush: (key, value, task id to announce, done).
         self._pending: list[tuple[str, bytes, str | None, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._last_flush = float("-inf")  # loop time the last batch was written
         # Clients: futures of the ids being waited for, and results that arrived inline.
         self._waiters: dict[str, list[asyncio.Future[bool]]] = {}
         self._inline: OrderedDict[str, bytes] = OrderedDict()
@@ -144,6 +149,12 @@ class KiqResultBackend(RedisAsyncResultBackend[_ReturnType]):
 
     async def _flush(self) -> None:
         """Write pending results, one pipelined round trip per batch, until none is left."""
+        # Busy (the previous batch went out moments ago): give the tasks finishing now a
+        # millisecond to add their results, so one round trip carries many of them. Idle: write at
+        # once, so a lone result costs no extra latency.
+        loop = asyncio.get_running_loop()
+        busy = loop.time() - self._last_flush < self.batch_busy_seconds
+        await asyncio.sleep(self.batch_delay_seconds if busy else 0)
         while self._pending:
             batch, self._pending = self._pending, []
             pipe = self.redis.pipeline(transaction=False)
@@ -159,6 +170,7 @@ class KiqResultBackend(RedisAsyncResultBackend[_ReturnType]):
                 replies = await pipe.execute(raise_on_error=False)
             except Exception as exc:
                 replies = [exc] * (len(batch) + 1)
+            self._last_flush = loop.time()
             for (_, _, _, done), reply in zip(batch, replies, strict=False):
                 if done.done():
                     continue

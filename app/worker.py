@@ -12,8 +12,10 @@ import contextlib
 import errno
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import Counter, Histogram
 from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult, TaskiqState
 
 from app import metrics
@@ -26,6 +28,16 @@ QUEUE_DEPTH_INTERVAL_SECONDS = 5.0
 _BIND_RETRY_SECONDS = 5.0
 
 
+@dataclass(frozen=True, slots=True)
+class _TaskSeries:
+    """The metric children of one task name (looked up once, not per task)."""
+
+    received: Counter
+    succeeded: Counter
+    failed: Counter
+    duration: Histogram
+
+
 class TaskMetricsMiddleware(TaskiqMiddleware):
     """Count, time and log every task a worker runs (worker side only)."""
 
@@ -33,6 +45,18 @@ class TaskMetricsMiddleware(TaskiqMiddleware):
         """Create the middleware."""
         super().__init__()
         self._started: dict[str, float] = {}
+        self._series: dict[str, _TaskSeries] = {}
+
+    def _of(self, task_name: str) -> _TaskSeries:
+        series = self._series.get(task_name)
+        if series is None:
+            series = self._series[task_name] = _TaskSeries(
+                received=metrics.TASKS_RECEIVED.labels(task_name),
+                succeeded=metrics.TASKS_SUCCEEDED.labels(task_name),
+                failed=metrics.TASKS_FAILED.labels(task_name),
+                duration=metrics.TASK_DURATION.labels(task_name),
+            )
+        return series
 
     def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
         """Record the start of a task.
@@ -41,7 +65,7 @@ class TaskMetricsMiddleware(TaskiqMiddleware):
         :return: the message, unchanged.
         """
         self._started[message.task_id] = time.perf_counter()
-        metrics.TASKS_RECEIVED.labels(message.task_name).inc()
+        self._of(message.task_name).received.inc()
         metrics.TASKS_IN_FLIGHT.inc()
         logger.info(
             "task started id=%s name=%s",
@@ -60,12 +84,10 @@ class TaskMetricsMiddleware(TaskiqMiddleware):
         started = self._started.pop(message.task_id, None)
         duration = time.perf_counter() - started if started is not None else result.execution_time
         metrics.TASKS_IN_FLIGHT.dec()
-        metrics.TASK_DURATION.labels(message.task_name).observe(duration)
+        series = self._of(message.task_name)
+        series.duration.observe(duration)
         outcome = "error" if result.is_err else "success"
-        if result.is_err:
-            metrics.TASKS_FAILED.labels(message.task_name).inc()
-        else:
-            metrics.TASKS_SUCCEEDED.labels(message.task_name).inc()
+        (series.failed if result.is_err else series.succeeded).inc()
         error = f" error={type(result.error).__name__}: {result.error}" if result.is_err else ""
         logger.info(
             "task finished id=%s name=%s duration=%.4fs outcome=%s%s",
