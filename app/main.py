@@ -12,12 +12,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__, metrics
-from app.api import api_router
-from app.api.deps import Lifecycle
+from app.api import routers
+from app.api.deps import Kiq, Lifecycle
 from app.config import Settings, get_settings
 from app.errors import AppError
 from app.logs import configure_logging
@@ -41,6 +42,8 @@ class HTTPMetricsMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         """Wrap an ASGI app."""
         self.app = app
+        # Metric children by (method, route, status): looked up once, not per request.
+        self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one request."""
@@ -61,9 +64,16 @@ class HTTPMetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "")
-            metrics.HTTP_REQUESTS.labels(method, template, str(status)).inc()
-            metrics.HTTP_DURATION.labels(method, template).observe(time.perf_counter() - started)
+            key = (scope.get("method", ""), template, status)
+            series = self._series.get(key)
+            if series is None:
+                method = key[0]
+                series = self._series[key] = (
+                    metrics.HTTP_REQUESTS.labels(method, template, str(status)),
+                    metrics.HTTP_DURATION.labels(method, template),
+                )
+            series[0].inc()
+            series[1].observe(time.perf_counter() - started)
 
 
 async def _app_error(_: Request, exc: Exception) -> JSONResponse:
@@ -120,15 +130,13 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
         "read their results from Redis.",
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.broker = broker
-    app.state.catalog = TaskCatalog(broker)
-    app.state.lifecycle = lifecycle
+    app.state.kiq = Kiq(settings, broker, TaskCatalog(broker), lifecycle)
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(RedisError, _redis_error)
     app.add_middleware(HTTPMetricsMiddleware)
-    app.include_router(api_router)
+    for router in routers:
+        app.include_router(router)
     return app
 
 

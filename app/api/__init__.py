@@ -1,11 +1,7 @@
-"""HTTP API routers."""
-
-from fastapi import APIRouter
+"""HTTP API routers, included directly by the app (no nesting: routing stays cheap)."""
 
 from app.api import health, tasks
 
-api_router = APIRouter()
-api_router.include_router(health.router)
-api_router.include_router(tasks.router)
+routers = [health.router, tasks.router]
 
-__all__ = ["api_router"]
+__all__ = ["routers"]

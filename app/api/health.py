@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from app import metrics
-from app.api.deps import BrokerDep, LifecycleDep
+from app.api.deps import KiqDep
 
 router = APIRouter(tags=["health"])
 
@@ -20,8 +20,9 @@ async def livez() -> str:
 
 
 @router.get("/readyz")
-async def readyz(broker: BrokerDep, lifecycle: LifecycleDep) -> JSONResponse:
+async def readyz(kiq: KiqDep) -> JSONResponse:
     """Ready when NATS is connected and Redis answers; 503 while draining."""
+    broker, lifecycle = kiq.broker, kiq.lifecycle
     checks: dict[str, str] = {}
     if lifecycle.draining:
         checks["server"] = "draining"

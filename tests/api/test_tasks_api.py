@@ -194,7 +194,7 @@ async def test_probes_and_metrics(client: httpx.AsyncClient, worker, settings: S
 
 
 async def test_readyz_is_503_while_draining(client: httpx.AsyncClient, app) -> None:
-    app_state = app.state
+    app_state = app.state.kiq
     app_state.lifecycle.draining = True
     try:
         response = await client.get("/readyz")
