@@ -7,6 +7,8 @@ What it adds to ``PullBasedJetStreamBroker`` (see ``../shared/notes/taskiq.md`` 
   the old one);
 * fetches that always expire (``pull_consume_timeout``), so a worker survives a NATS restart, and
   infinite reconnects;
+* running tasks kept alive with in-progress acks, so a task longer than ``ack_wait`` is not
+  delivered to a second worker while it runs;
 * fetches sized to the worker's free capacity, and prefetched messages handed back on shutdown;
 * ack only after the result is saved; a result that could not be saved, or a task this worker does
   not know (rolling deploy), is given back for a delayed redelivery;
@@ -80,7 +82,10 @@ class KiqBroker(PullBasedJetStreamBroker):
         """
         super().__init__(servers=[], pull_consume_timeout=FETCH_TIMEOUT_SECONDS)
         self._settings = settings
-        self._outstanding = 0  # messages handed to the receiver and not yet acked or given back
+        # Messages handed to the receiver and not yet acked or given back, by reply subject, with
+        # the loop time of their last sign of life (see _keep_alive).
+        self._running: dict[str, tuple[Msg, float]] = {}
+        self._keepalive: asyncio.Task[None] | None = None
         self.is_listening = False
 
     # -- configuration ----------------------------------------------------------------------
@@ -173,12 +178,16 @@ class KiqBroker(PullBasedJetStreamBroker):
             self.consumer = await self.js.pull_subscribe_bind(
                 durable=settings.nats_consumer, stream=settings.nats_stream
             )
+            self._keepalive = asyncio.create_task(self._keep_alive())
         # Then AsyncBroker.startup: events, middlewares, result backend. taskiq-nats' own
         # startup is skipped: it would keep an incompatible stream silently.
         await AsyncBroker.startup(self)
 
     async def shutdown(self) -> None:
         """Close the NATS connection, then the result backend and middlewares."""
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
         with contextlib.suppress(Exception):
             await self.client.close()
         await AsyncBroker.shutdown(self)
@@ -264,7 +273,7 @@ class KiqBroker(PullBasedJetStreamBroker):
         try:
             while True:
                 if not held:
-                    free = concurrency - self._outstanding
+                    free = concurrency - len(self._running)
                     batch = max(1, min(max_batch, free))
                     try:
                         held.extend(
@@ -317,12 +326,12 @@ class KiqBroker(PullBasedJetStreamBroker):
         else:
             waited = time.time() - meta.timestamp.timestamp()
             metrics.QUEUE_WAIT.labels(task_name).observe(max(waited, 0.0))
-        self._outstanding += 1
+        self._running[msg.reply] = (msg, asyncio.get_running_loop().time())
         return AckableMessage(data=msg.data, ack=self._acker(msg))
 
     def _acker(self, msg: Msg) -> Any:
         async def ack() -> None:
-            self._outstanding -= 1
+            self._running.pop(msg.reply, None)
             if result_save_failed():
                 logger.error(
                     "result of a task could not be saved; the message is given back and the "
@@ -333,6 +342,35 @@ class KiqBroker(PullBasedJetStreamBroker):
                 await msg.ack()
 
         return ack
+
+    @property
+    def keepalive_interval(self) -> float:
+        """Seconds between "still working" signals for a running task (a third of ack_wait)."""
+        return max(0.5, self.settings.ack_wait_seconds / 3)
+
+    async def _keep_alive(self) -> None:
+        """Tell JetStream that running tasks are still being worked on.
+
+        Without this, a task that runs longer than ``ACK_WAIT_SECONDS`` is delivered again while
+        it still runs (taskiq-nats#16). With it, ``ACK_WAIT_SECONDS`` is how long a worker may go
+        silent, crashed or stuck, before its tasks go to another worker: a task may run longer,
+        as long as its worker's event loop keeps turning.
+        """
+        interval = self.keepalive_interval
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for reply, (msg, since) in list(self._running.items()):
+                if now - since < interval:
+                    continue
+                try:
+                    await msg.in_progress()
+                except Exception as exc:
+                    logger.debug("in-progress signal failed: %s", exc)
+                    continue
+                if reply in self._running:
+                    self._running[reply] = (msg, now)
 
     def redelivery_delay(self, delivered: int) -> float:
         """Delay before delivery number ``delivered + 1`` of a message given back."""

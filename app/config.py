@@ -69,8 +69,8 @@ class Settings(BaseSettings):
     ack_wait_seconds: float = Field(
         default=300,
         gt=0,
-        description="Time a worker has to finish a task before JetStream redelivers it. "
-        "Must exceed the longest task.",
+        description="How long a worker may go silent before JetStream redelivers its tasks; "
+        "running tasks are kept alive every ACK_WAIT_SECONDS / 3.",
     )
     max_deliver: int = Field(
         default=5,

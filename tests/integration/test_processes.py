@@ -114,6 +114,23 @@ def test_kill_9_mid_task_is_redelivered(stack: Stack) -> None:
     )
 
 
+def test_task_longer_than_ack_wait_runs_once(stack: Stack) -> None:
+    """Running tasks are kept alive: a long task is not redelivered to an idle second worker."""
+    stack.base_env["ACK_WAIT_SECONDS"] = "2"
+    server = stack.role("server")
+    first = stack.role("worker")
+    second = stack.role("worker")
+    task_id = dispatch(server.probe_url, "app.tasks.example:sleep_task", 5).json()["task_id"]
+    body = result_of(server.probe_url, task_id)
+    assert body["status"] == "success"
+    assert body["result"] >= 5
+    started = f"task started id={task_id}"
+    assert first.logs().count(started) + second.logs().count(started) == 1
+    for worker in (first, second):
+        with pytest.raises(KeyError):  # no redelivery was ever counted
+            metric_value(worker.metrics(), "kiqstack_task_redeliveries_total")
+
+
 def test_worker_survives_nats_restart(stack: Stack, tmp_path: Path) -> None:
     nats = (
         nats_server(tmp_path / "own-nats").start()
