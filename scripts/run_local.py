@@ -27,6 +27,8 @@ def main() -> int:
             "REDIS_URL": f"redis://{redis.host}:{redis.port}/0",
         }
         port = env.setdefault("PORT", "8000")
+        # No load balancer to drain from locally: Ctrl-C stops at once.
+        env.setdefault("SHUTDOWN_DELAY_SECONDS", "0")
         print(
             f"kiqstack: NATS {env['NATS_URL']}, Redis {env['REDIS_URL']}\n"
             f"kiqstack: API on http://127.0.0.1:{port} (docs: /docs). Try:\n"
