@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from scripts.localinfra import nats_server, redis_server
-from tests.support.stack import Stack, metric_value
+from tests.support.stack import Stack, metric_value, poll
 
 pytestmark = [pytest.mark.integration, pytest.mark.process]
 
@@ -25,27 +25,24 @@ def dispatch(base: str, task: str, *args, wait: float | None = None) -> httpx.Re
 
 
 def result_of(base: str, task_id: str, timeout: float = 60, redis_restarts: bool = False) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
+    def finished() -> dict | None:
         response = httpx.get(f"{base}/tasks/{task_id}", timeout=5)
         if redis_restarts and response.status_code in (404, 503):
             # Redis down: the API says so (503); restarted empty: the dispatch record is gone
             # (404) until the redelivered task stores its result.
-            assert time.monotonic() < deadline, response.text
-            time.sleep(0.2)
-            continue
+            return None
         body = response.json()
-        if body["status"] != "queued" or time.monotonic() > deadline:
-            return body
-        time.sleep(0.1)
+        return body if body["status"] != "queued" else None
+
+    return poll(finished, timeout, lambda: f"task {task_id} still unfinished")
 
 
 def wait_for_log(role, text: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in role.logs():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} not logged:\n{role.logs()}")
-        time.sleep(0.05)
+    poll(
+        lambda: True if text in role.logs() else None,
+        timeout,
+        lambda: f"{text!r} not logged:\n{role.logs()}",
+    )
 
 
 def test_server_and_worker_processes(stack: Stack) -> None:
@@ -220,10 +217,7 @@ def test_unknown_task_is_given_back_then_dead_lettered_and_replayed(stack: Stack
     new = stack.role("server", TASK_MODULES="app.tasks.example,tests.support.extra_tasks")
     old = stack.role("worker")  # knows only app.tasks.example
     task_id = dispatch(new.probe_url, "tests.new_feature", 4).json()["task_id"]
-    deadline = time.monotonic() + 30
-    while "dead-lettered message" not in old.logs():
-        assert time.monotonic() < deadline, old.logs()
-        time.sleep(0.1)
+    wait_for_log(old, "dead-lettered message")
     assert "is not registered in this worker (delivery 1 of 3)" in old.logs()
     page = old.metrics()
     assert metric_value(page, "kiqstack_tasks_given_back_total", reason="unknown-task") == 3

@@ -9,13 +9,16 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from scripts.localinfra import free_port
+
+T = TypeVar("T")
 
 
 def unique_names(tag: str = "t") -> dict[str, str]:
@@ -165,6 +168,21 @@ class Stack:
     def dump_logs(self) -> str:
         """All logs, for a failing test's report."""
         return "\n".join(f"===== {r.role} ({r.log_path.name})\n{r.logs()}" for r in self.roles)
+
+
+def poll(check: Callable[[], T | None], timeout: float, describe: Callable[[], str]) -> T:
+    """Call ``check`` until it returns something other than None; fail after ``timeout`` seconds.
+
+    A deadline for waiting on an event (a log line, a result), not a speed assertion.
+    """
+    give_up = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value is not None:
+            return value
+        if time.monotonic() >= give_up:
+            raise AssertionError(f"gave up after {timeout}s: {describe()}")
+        time.sleep(0.05)
 
 
 def metric_value(page: str, name: str, **labels: str) -> float:
