@@ -36,6 +36,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.localinfra import Server, free_port, nats_server, redis_server
+from tests.support.stack import poll
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL_BASE_PREFIX = "kiqstack/python-base"
@@ -336,22 +337,22 @@ class Container:
 
     def wait_ready(self, base_url: str, timeout: float = READY_TIMEOUT) -> None:
         """Poll ``base_url``/readyz until 200; fail with the logs if the container dies."""
-        deadline = time.monotonic() + timeout
         last = "no answer"
-        while time.monotonic() < deadline:
+
+        def ready() -> bool | None:
+            nonlocal last
             try:
                 answer = httpx.get(f"{base_url}/readyz", timeout=2)
                 if answer.status_code == 200:
-                    return
+                    return True
                 last = f"{answer.status_code} {answer.text}"
             except httpx.HTTPError as exc:
                 last = repr(exc)
             if not self.running():
                 pytest.fail(f"{self.name} exited ({self.state()}):\n{self.logs()}")
-            time.sleep(0.3)
-        pytest.fail(
-            f"{self.name}: {base_url}/readyz not ready in {timeout}s ({last}):\n{self.logs()}"
-        )
+            return None
+
+        poll(ready, timeout, lambda: f"{self.name}: {base_url}/readyz ({last}):\n{self.logs()}")
 
     def stop(self, timeout: int = 30) -> tuple[float, int]:
         """``docker stop -t timeout``; returns (seconds it took, exit code)."""
@@ -479,16 +480,16 @@ def wait_for_status(
 ) -> dict[str, Any]:
     """Poll ``GET /tasks/{task_id}`` until the task is finished (or ``done`` says so)."""
     finished = done or (lambda body: body["status"] != "queued")
-    deadline = time.monotonic() + timeout
     body: dict[str, Any] = {}
-    while time.monotonic() < deadline:
+
+    def check() -> dict[str, Any] | None:
+        nonlocal body
         answer = httpx.get(f"{api}/tasks/{task_id}", timeout=5)
         assert answer.status_code == 200, answer.text
         body = answer.json()
-        if finished(body):
-            return body
-        time.sleep(0.2)
-    raise AssertionError(f"task {task_id} not finished within {timeout}s: {body}")
+        return body if finished(body) else None
+
+    return poll(check, timeout, lambda: f"task {task_id} not finished: {body}")
 
 
 @pytest.fixture

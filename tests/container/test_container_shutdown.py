@@ -7,6 +7,8 @@ import time
 import httpx
 import pytest
 
+from tests.support.stack import poll
+
 pytestmark = pytest.mark.container
 
 SLEEP = "app.tasks.example:sleep_task"
@@ -24,12 +26,14 @@ def dispatch_sleeps(api: str, seconds: float, count: int = TASKS) -> list[str]:
 
 def wait_started(worker, count: int, metric_value, timeout: float = 30) -> None:
     """Until the worker reports ``count`` tasks started."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if metric_value(worker.metrics, "kiqstack_tasks_received_total", task_name=SLEEP) >= count:
-            return
-        time.sleep(0.1)
-    pytest.fail(f"{worker.name} did not start {count} tasks in {timeout}s:\n{worker.logs()}")
+    poll(
+        lambda: (
+            metric_value(worker.metrics, "kiqstack_tasks_received_total", task_name=SLEEP) >= count
+            or None
+        ),
+        timeout,
+        lambda: f"{worker.name} did not start {count} tasks:\n{worker.logs()}",
+    )
 
 
 def statuses(api: str, ids: list[str]) -> list[str]:
