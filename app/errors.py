@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
+
+
+def describe_errors(errors: Iterable[Mapping[str, Any]], where: str) -> str:
+    """One line naming each validation problem: ``loc.path: message; ...``.
+
+    :param errors: pydantic's ``ValidationError.errors()``.
+    :param where: the name used when an error has no location.
+    :return: the problems, joined with ``; ``.
+    """
+    return "; ".join(
+        f"{'.'.join(str(part) for part in err['loc']) or where}: {err['msg']}" for err in errors
+    )
 
 
 class AppError(Exception):

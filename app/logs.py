@@ -37,12 +37,15 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(process)d] %(message)s"
+
+
 class TextFormatter(logging.Formatter):
     """The text format, with the timestamp's date and time rendered once per second."""
 
     def __init__(self) -> None:
         """Create the formatter."""
-        super().__init__("%(asctime)s %(levelname)-7s %(name)s [%(process)d] %(message)s")
+        super().__init__(TEXT_FORMAT)
         self._second = -1
         self._stamp = ""
 

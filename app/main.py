@@ -20,7 +20,7 @@ from app import __version__, metrics
 from app.api import routers
 from app.api.deps import Kiq, Lifecycle
 from app.config import Settings, get_settings
-from app.errors import AppError
+from app.errors import AppError, describe_errors
 from app.logs import configure_logging
 from app.registry import TaskCatalog
 
@@ -84,8 +84,7 @@ async def _app_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)  # noqa: S101
-    problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
-    return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
+    return JSONResponse({"detail": describe_errors(exc.errors(), "request")}, status_code=422)
 
 
 async def _redis_error(_: Request, exc: Exception) -> JSONResponse:

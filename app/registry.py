@@ -11,7 +11,7 @@ from taskiq import AsyncBroker, Context, TaskiqState
 from taskiq.decor import AsyncTaskiqDecoratedTask
 from taskiq_dependencies.dependency import Dependency
 
-from app.errors import TaskArgumentsError, TaskNotFoundError
+from app.errors import TaskArgumentsError, TaskNotFoundError, describe_errors
 
 _INJECTED_TYPES = (Context, TaskiqState)
 
@@ -44,11 +44,8 @@ class TaskSpec:
         try:
             self.model.model_validate(bound.arguments)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}"
-                for err in exc.errors()
-            )
-            raise TaskArgumentsError(task_name=self.name, problem=problems) from None
+            problem = describe_errors(exc.errors(), "arguments")
+            raise TaskArgumentsError(task_name=self.name, problem=problem) from None
 
 
 def _is_injected(param: inspect.Parameter, hint: Any) -> bool:

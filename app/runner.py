@@ -16,7 +16,7 @@ import uvicorn
 
 from app.api.deps import Lifecycle
 from app.config import Settings
-from app.logs import configure_logging
+from app.logs import TEXT_FORMAT, configure_logging
 
 logger = logging.getLogger("kiqstack.runner")
 
@@ -124,7 +124,7 @@ def worker_command(settings: Settings) -> list[str]:
         "--log-level",
         settings.log_level,
         "--log-format",
-        "%(asctime)s %(levelname)-7s %(name)s [%(process)d] %(message)s",
+        TEXT_FORMAT,
     ]
     if settings.reload:
         argv += ["--reload", "--reload-dir", "app"]

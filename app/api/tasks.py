@@ -18,6 +18,7 @@ from app.errors import (
     InvalidRequestError,
     PayloadTooLargeError,
     ResultNotFoundError,
+    describe_errors,
 )
 from app.registry import TaskSpec
 from app.schemas import (
@@ -63,10 +64,7 @@ def _parse_dispatch(body: bytes) -> DispatchRequest:
             raise InvalidRequestError(
                 problem=f"malformed JSON body: {exc.errors()[0]['msg']}"
             ) from None
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
-            for err in exc.errors()
-        )
+        problems = describe_errors(exc.errors(), "body")
         raise InvalidRequestError(
             problem=f'body must be {{"args": [...], "kwargs": {{...}}}}: {problems}'
         ) from None
