@@ -301,9 +301,7 @@ class KiqResultBackend(RedisAsyncResultBackend[_ReturnType]):
         :return: the result.
         :raises ResultIsMissingError: when there is no result.
         """
-        raw: Any = self._inline.pop(task_id, None)
-        if raw is None:
-            raw = await self.redis.get(self.result_key(task_id))
+        raw = await self._raw_result(task_id)
         if raw is None:
             raise ResultIsMissingError
         result: TaskiqResult[_ReturnType] = TaskiqResult[_ReturnType].model_validate(
@@ -312,6 +310,23 @@ class KiqResultBackend(RedisAsyncResultBackend[_ReturnType]):
         if not with_logs:
             result.log = None
         return result
+
+    async def _raw_result(self, task_id: str) -> bytes | None:
+        """A stored result as saved: from the notification when it came inline, else Redis."""
+        inline = self._inline.pop(task_id, None)
+        if inline is not None:
+            return inline
+        stored = await self.redis.get(self.result_key(task_id))
+        return stored.encode() if isinstance(stored, str) else stored
+
+    async def read_result(self, task_id: str) -> dict[str, Any] | None:
+        """A stored result as a dict (None when there is none).
+
+        :param task_id: the task's id.
+        :return: the result's fields, as the worker saved them.
+        """
+        raw = await self._raw_result(task_id)
+        return json.loads(raw) if raw is not None else None
 
     def result_key(self, task_id: str) -> str:
         """Redis key of a task's result."""

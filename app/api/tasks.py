@@ -117,10 +117,11 @@ def _status(task_id: str, task_name: str | None, raw: dict[str, Any] | None) -> 
 
 
 async def _wait_for(broker: KiqBroker, task_id: str, seconds: float) -> dict[str, Any] | None:
-    # Woken by the result notification (see app.results), not by polling.
-    await broker.results.wait_for_result(task_id, seconds)
-    raw, _ = await broker.results.read_status(task_id)
-    return raw
+    # Woken by the result notification (see app.results), not by polling; a result that came
+    # inline with the notification is not read from Redis again.
+    if await broker.results.wait_for_result(task_id, seconds):
+        return await broker.results.read_result(task_id)
+    return None
 
 
 @router.get("/tasks", response_model=list[TaskInfo])
