@@ -47,9 +47,15 @@ lock: install ## Re-resolve uv.lock after editing dependencies in pyproject.toml
 lock-check: install ## Fail when uv.lock does not match pyproject.toml (run `make lock`).
 	$(UV_ENV) $(UV) lock --check
 
+DIST ?= dist
+
 .PHONY: dist
-dist: install ## Build the wheel and sdist into dist/ (pip install dist/kiqstack-*.whl elsewhere).
-	$(UV_ENV) $(UV) build --out-dir dist
+dist: install ## Wheel + sdist + constraints.txt (the lock's runtime versions) into dist/ (DIST=...).
+	rm -rf '$(DIST)'
+	$(UV_ENV) $(UV) build --quiet --out-dir '$(DIST)'
+	$(UV_ENV) $(UV) export --quiet --frozen --no-dev --no-emit-project --no-hashes --no-header --no-annotate \
+		--output-file '$(DIST)/constraints.txt' >/dev/null
+	@ls '$(DIST)'
 
 .PHONY: run
 run: install ## Run API + worker with local NATS JetStream and Redis (Ctrl-C stops all).

@@ -204,6 +204,29 @@ def base_image(docker: Docker) -> str:
     return base
 
 
+def build_image(
+    docker: Docker,
+    context: Path,
+    tag: str,
+    build_args: dict[str, str],
+    dockerfile: str | None = None,
+) -> float:
+    """``docker build`` with BuildKit and the pip CA secret; returns the seconds it took."""
+    args = ["build", "-t", tag]
+    for key, value in build_args.items():
+        args += ["--build-arg", f"{key}={value}"]
+    if dockerfile:
+        args += ["-f", str(context / dockerfile)]
+    ca = _pip_ca()
+    if ca:
+        args += ["--secret", f"id=pip_ca,src={ca}"]
+    started = time.monotonic()
+    docker.run(*args, str(context), timeout=900, env={**os.environ, "DOCKER_BUILDKIT": "1"})
+    seconds = time.monotonic() - started
+    OBSERVATIONS.append(f"built {tag} in {seconds:.1f}s")
+    return seconds
+
+
 @pytest.fixture(scope="session")
 def image(docker: Docker, base_image: str) -> BuiltImage:
     """Build the image from the working tree (BuildKit, the local base, the pip CA secret)."""
@@ -212,24 +235,8 @@ def image(docker: Docker, base_image: str) -> BuiltImage:
     revision = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
     ).stdout.strip()
-    args = [
-        "build",
-        "--build-arg",
-        f"BASE_IMAGE={base_image}",
-        "--build-arg",
-        f"VERSION={version}",
-        "--build-arg",
-        f"REVISION={revision}",
-        "-t",
-        tag,
-    ]
-    ca = _pip_ca()
-    if ca:
-        args += ["--secret", f"id=pip_ca,src={ca}"]
-    started = time.monotonic()
-    docker.run(*args, str(ROOT), timeout=900, env={**os.environ, "DOCKER_BUILDKIT": "1"}, cwd=ROOT)
-    seconds = time.monotonic() - started
-    OBSERVATIONS.append(f"built {tag} from {base_image} in {seconds:.1f}s")
+    build_args = {"BASE_IMAGE": base_image, "VERSION": version, "REVISION": revision}
+    seconds = build_image(docker, ROOT, tag, build_args)
     return BuiltImage(tag, base_image, version, revision, seconds)
 
 
@@ -470,6 +477,19 @@ def module_containers(
 
 
 # -- HTTP helpers ----------------------------------------------------------------------------------
+
+
+def dispatch(
+    api: str, task: str, *args: Any, wait: float | None = None, **kwargs: Any
+) -> httpx.Response:
+    """``POST /tasks/{task}`` with these arguments (``wait`` seconds for the result if given)."""
+    params = {"wait": wait} if wait else None
+    return httpx.post(
+        f"{api}/tasks/{task}",
+        json={"args": list(args), "kwargs": kwargs},
+        params=params,
+        timeout=30,
+    )
 
 
 def wait_for_status(
