@@ -62,10 +62,10 @@ run: install ## Run API + worker with local NATS JetStream and Redis (Ctrl-C sto
 	$(PY) scripts/run_local.py
 
 .PHONY: lint
-lint: lock-check ## uv.lock up to date, ruff (lint + format check) and mypy --strict on app/.
+lint: lock-check ## uv.lock up to date, ruff (lint + format check), mypy --strict on app/ and the example.
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy app
+	$(VENV)/bin/mypy app examples/acme-tasks/acme_tasks
 
 .PHONY: fmt
 fmt: install ## Format and autofix with ruff.

@@ -43,7 +43,7 @@ image: $(if $(LOCAL_BASE),build-base-image) ## Build the image (IMAGE, from BASE
 EXAMPLE_IMAGE ?= kiqstack/acme-tasks:dev
 
 .PHONY: example-image
-example-image: image ## Build examples/acme-tasks FROM $(IMAGE) as EXAMPLE_IMAGE (kiqstack/acme-tasks:dev).
+example-image: image ## Build examples/acme-tasks FROM IMAGE as EXAMPLE_IMAGE (default kiqstack/acme-tasks:dev).
 	DOCKER_BUILDKIT=1 $(DOCKER) build \
 		--build-arg KIQSTACK_IMAGE=$(IMAGE) \
 		$(if $(PIP_CA),--secret id=pip_ca$(,)src=$(PIP_CA)) \
