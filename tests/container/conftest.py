@@ -170,7 +170,6 @@ class BuiltImage:
     base: str
     version: str
     revision: str
-    build_seconds: float
 
 
 def _project_version() -> str:
@@ -210,8 +209,9 @@ def build_image(
     tag: str,
     build_args: dict[str, str],
     dockerfile: str | None = None,
-) -> float:
-    """``docker build`` with BuildKit and the pip CA secret; returns the seconds it took."""
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """``docker build`` (BuildKit, the pip CA secret); a failure fails unless ``check=False``."""
     args = ["build", "-t", tag]
     for key, value in build_args.items():
         args += ["--build-arg", f"{key}={value}"]
@@ -221,10 +221,11 @@ def build_image(
     if ca:
         args += ["--secret", f"id=pip_ca,src={ca}"]
     started = time.monotonic()
-    docker.run(*args, str(context), timeout=900, env={**os.environ, "DOCKER_BUILDKIT": "1"})
-    seconds = time.monotonic() - started
-    OBSERVATIONS.append(f"built {tag} in {seconds:.1f}s")
-    return seconds
+    env = {**os.environ, "DOCKER_BUILDKIT": "1"}
+    proc = docker.run(*args, str(context), timeout=900, env=env, check=check)
+    if proc.returncode == 0:
+        OBSERVATIONS.append(f"built {tag} in {time.monotonic() - started:.1f}s")
+    return proc
 
 
 @pytest.fixture(scope="session")
@@ -236,8 +237,8 @@ def image(docker: Docker, base_image: str) -> BuiltImage:
         ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
     ).stdout.strip()
     build_args = {"BASE_IMAGE": base_image, "VERSION": version, "REVISION": revision}
-    seconds = build_image(docker, ROOT, tag, build_args)
-    return BuiltImage(tag, base_image, version, revision, seconds)
+    build_image(docker, ROOT, tag, build_args)
+    return BuiltImage(tag, base_image, version, revision)
 
 
 # -- NATS and Redis on the host --------------------------------------------------------------------

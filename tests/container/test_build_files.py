@@ -40,4 +40,3 @@ def test_build_context_holds_what_the_dockerfile_copies():
     sources += re.findall(r"type=bind,source=([^,\s]+)", dockerfile)
     used = {word.rstrip("/") for line in sources for word in line.split()}
     assert used == allowed
-

@@ -36,14 +36,27 @@ pytestmark = pytest.mark.container
 EXAMPLE = ROOT / "examples" / "acme-tasks"
 ACME_TASKS = {"acme.slugify", "acme.invoice_total", "acme.word_count"}
 ENV = {"TASK_MODULES": "acme_tasks.tasks"}
+NEEDS_OLD_STARLETTE = """
+[build-system]
+requires = ["setuptools>=77.0.1"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "needs-old-starlette"
+version = "0.1.0"
+dependencies = ["starlette<0.30"]
+
+[tool.setuptools]
+py-modules = []
+"""
 
 
 @pytest.fixture(scope="module")
 def example_image(docker: Docker, image: BuiltImage) -> BuiltImage:
     """examples/acme-tasks/Dockerfile built FROM the kiqstack image under test."""
     tag = os.environ.get("EXAMPLE_IMAGE") or "kiqstack/acme-tasks:dev"
-    seconds = build_image(docker, EXAMPLE, tag, {"KIQSTACK_IMAGE": image.tag})
-    return BuiltImage(tag, image.tag, image.version, image.revision, seconds)
+    build_image(docker, EXAMPLE, tag, {"KIQSTACK_IMAGE": image.tag})
+    return BuiltImage(tag, image.tag, image.version, image.revision)
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +81,10 @@ def standalone_image(
     )
     assert dist.returncode == 0, f"make dist failed:\n{dist.stdout}\n{dist.stderr}"
     tag = "kiqstack/acme-tasks-standalone:dev"
-    seconds = build_image(
+    build_image(
         docker, context, tag, {"BASE_IMAGE": base_image}, dockerfile="standalone.Dockerfile"
     )
-    return BuiltImage(tag, base_image, image.version, image.revision, seconds)
+    return BuiltImage(tag, base_image, image.version, image.revision)
 
 
 @pytest.fixture(scope="module", params=["from-kiqstack-image", "standalone"])
@@ -172,3 +185,17 @@ def test_example_image_keeps_kiqstack_image_contract(docker, example_image):
     # The build bind-mounts the package at /src: only the empty mount point stays behind.
     leftovers = docker.run("run", "--rm", "--entrypoint", "find", example_image.tag, "/src")
     assert leftovers.stdout.split() == ["/src"]
+
+
+def test_derived_build_keeps_kiqstacks_locked_versions(docker, image, tmp_path):
+    """A package that needs other versions of kiqstack's dependencies fails the build, with pip's
+    reason, instead of silently replacing them (PIP_CONSTRAINT in the kiqstack image)."""
+    shutil.copy(EXAMPLE / "Dockerfile", tmp_path / "Dockerfile")
+    (tmp_path / "pyproject.toml").write_text(NEEDS_OLD_STARLETTE)
+    tag = f"kiqstack/needs-old-starlette:{os.getpid()}"
+    proc = build_image(docker, tmp_path, tag, {"KIQSTACK_IMAGE": image.tag}, check=False)
+    assert proc.returncode != 0, "the build must refuse starlette<0.30"
+    output = proc.stdout + proc.stderr
+    assert "starlette" in output
+    assert "ResolutionImpossible" in output or "conflict" in output.lower(), output[-3000:]
+    assert not docker.image_exists(tag)
