@@ -22,6 +22,8 @@ UV_VERSION := $(shell sed -n 's/^ *"uv==\([^"]*\)".*/\1/p' pyproject.toml)
 UV := $(VENV)/bin/uv
 # uv works in $(VENV) and never downloads a Python of its own.
 UV_ENV := UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never
+# Optional-dependency groups of pyproject.toml the dev venv gets.
+INSTALL_EXTRAS ?= dev
 
 $(VENV)/.installed: pyproject.toml uv.lock
 	@# Reuse a working .venv (>= 3.11); create one only when there is none.
@@ -32,7 +34,7 @@ $(VENV)/.installed: pyproject.toml uv.lock
 	@$(UV) --version 2>/dev/null | grep -q '^uv $(UV_VERSION) ' || { \
 		echo "bootstrap uv $(UV_VERSION) into $(VENV)"; \
 		$(PY) -m ensurepip >/dev/null && $(PY) -m pip install -q 'uv==$(UV_VERSION)'; }
-	$(UV_ENV) $(UV) sync --frozen --extra dev
+	$(UV_ENV) $(UV) sync --frozen $(addprefix --extra ,$(INSTALL_EXTRAS))
 	@touch $@
 
 .PHONY: install
@@ -45,7 +47,7 @@ lock: install ## Re-resolve uv.lock after editing dependencies in pyproject.toml
 
 .PHONY: lock-check
 lock-check: install ## Fail when uv.lock does not match pyproject.toml (run `make lock`).
-	$(UV_ENV) $(UV) lock --check
+	@$(UV_ENV) $(UV) lock --check || { echo "uv.lock does not match pyproject.toml: run 'make lock'" >&2; exit 1; }
 
 DIST ?= dist
 
