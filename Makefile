@@ -15,28 +15,59 @@ PYTEST_ARGS ?=
 help: ## Show this help.
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+# uv installs the dev venv from uv.lock (the locked versions `make test` runs) and maintains the
+# lock. Its version is pinned in the dev extra of pyproject.toml (the Dockerfile's UV_VERSION is the
+# same); on a fresh machine the venv's own pip bootstraps it once, then the lock keeps it.
+UV_VERSION := $(shell sed -n 's/^ *"uv==\([^"]*\)".*/\1/p' pyproject.toml)
+UV := $(VENV)/bin/uv
+# uv works in $(VENV) and never downloads a Python of its own.
+UV_ENV := UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never
+# Optional-dependency groups of pyproject.toml the dev venv gets.
+INSTALL_EXTRAS ?= dev
+
+$(VENV)/.installed: pyproject.toml uv.lock
 	@# Reuse a working .venv (>= 3.11); create one only when there is none.
 	@if ! $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then \
 		test -n "$(PYTHON)" || { echo "error: Python >= 3.11 not found (set PYTHON=...)" >&2; exit 1; }; \
 		echo "$(PYTHON) -m venv $(VENV)"; $(PYTHON) -m venv $(VENV); \
 	fi
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	@$(UV) --version 2>/dev/null | grep -q '^uv $(UV_VERSION) ' || { \
+		echo "bootstrap uv $(UV_VERSION) into $(VENV)"; \
+		$(PY) -m ensurepip >/dev/null && $(PY) -m pip install -q 'uv==$(UV_VERSION)'; }
+	$(UV_ENV) $(UV) sync --frozen $(addprefix --extra ,$(INSTALL_EXTRAS))
 	@touch $@
 
 .PHONY: install
-install: $(VENV)/.installed ## Create .venv with kiqstack and its dev tools.
+install: $(VENV)/.installed ## Create .venv from uv.lock: kiqstack (editable) and its dev tools.
+
+.PHONY: lock
+lock: install ## Re-resolve uv.lock after editing dependencies in pyproject.toml, then reinstall.
+	$(UV_ENV) $(UV) lock
+	$(MAKE) install
+
+.PHONY: lock-check
+lock-check: install ## Fail when uv.lock does not match pyproject.toml (run `make lock`).
+	@$(UV_ENV) $(UV) lock --check || { echo "uv.lock does not match pyproject.toml: run 'make lock'" >&2; exit 1; }
+
+DIST ?= dist
+
+.PHONY: dist
+dist: install ## Wheel + sdist + constraints.txt (the lock's runtime versions) into dist/ (DIST=...).
+	rm -rf '$(DIST)'
+	$(UV_ENV) $(UV) build --quiet --out-dir '$(DIST)'
+	$(UV_ENV) $(UV) export --quiet --frozen --no-dev --no-emit-project --no-hashes --no-header --no-annotate \
+		--output-file '$(DIST)/constraints.txt' >/dev/null
+	@ls '$(DIST)'
 
 .PHONY: run
 run: install ## Run API + worker with local NATS JetStream and Redis (Ctrl-C stops all).
 	$(PY) scripts/run_local.py
 
 .PHONY: lint
-lint: install ## ruff (lint + format check) and mypy --strict on app/.
+lint: lock-check ## uv.lock up to date, ruff (lint + format check), mypy --strict on app/ and the example.
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy app
+	$(VENV)/bin/mypy app examples/acme-tasks/acme_tasks
 
 .PHONY: fmt
 fmt: install ## Format and autofix with ruff.

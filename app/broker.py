@@ -287,6 +287,8 @@ class KiqBroker(PullBasedJetStreamBroker):
                         logger.warning("fetch failed; retrying", exc_info=True)
                         await asyncio.sleep(1)
                         continue
+                    if not held:  # a fetch can end with no message and no timeout error
+                        continue
                 delivery = await self._admit(held.popleft())
                 if delivery is not None:
                     yield delivery

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app import __version__, metrics
 from app.api import routers
 from app.api.deps import Kiq, Lifecycle
+from app.api.docs import install_docs
 from app.config import Settings, get_settings
 from app.errors import AppError, describe_errors
 from app.logs import configure_logging
@@ -128,7 +129,10 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
         description="Dispatch background tasks to taskiq workers over NATS JetStream; "
         "read their results from Redis.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from install_docs, with local assets (no CDN)
+        redoc_url=None,
     )
+    install_docs(app)
     app.state.kiq = Kiq(settings, broker, TaskCatalog(broker), lifecycle)
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

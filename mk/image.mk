@@ -34,10 +34,23 @@ image: $(if $(LOCAL_BASE),build-base-image) ## Build the image (IMAGE, from BASE
 		--build-arg REVISION=$(IMAGE_REVISION) \
 		--build-arg SOURCE=$(IMAGE_SOURCE) \
 		--build-arg EXTRAS=$(IMAGE_EXTRAS) \
+		--build-arg UV_VERSION=$(UV_VERSION) \
 		$(if $(PIP_CA),--secret id=pip_ca$(,)src=$(PIP_CA)) \
 		-t $(IMAGE) .
 
+# The example task package (examples/acme-tasks) built FROM $(IMAGE): what the container tests run
+# and the e2e deploys with image.repository/tag and config.taskModules.
+EXAMPLE_IMAGE ?= kiqstack/acme-tasks:dev
+
+.PHONY: example-image
+example-image: image ## Build examples/acme-tasks FROM IMAGE as EXAMPLE_IMAGE (default kiqstack/acme-tasks:dev).
+	DOCKER_BUILDKIT=1 $(DOCKER) build \
+		--build-arg KIQSTACK_IMAGE=$(IMAGE) \
+		$(if $(PIP_CA),--secret id=pip_ca$(,)src=$(PIP_CA)) \
+		-t $(EXAMPLE_IMAGE) examples/acme-tasks
+
 .PHONY: test-container
-test-container: install ## Build the image and test server/worker/both containers with real NATS + Redis.
-	DOCKER="$(DOCKER)" IMAGE="$(IMAGE)" BASE_IMAGE="$(BASE_IMAGE)" PIP_CA="$(PIP_CA)" REQUIRE_DOCKER=1 \
+test-container: install ## Build the image (and the example's) and test its containers with real NATS + Redis.
+	DOCKER="$(DOCKER)" IMAGE="$(IMAGE)" BASE_IMAGE="$(BASE_IMAGE)" PIP_CA="$(PIP_CA)" \
+		EXAMPLE_IMAGE="$(EXAMPLE_IMAGE)" REQUIRE_DOCKER=1 \
 		$(PY) -m pytest -m container tests/container $(PYTEST_ARGS)

@@ -170,7 +170,6 @@ class BuiltImage:
     base: str
     version: str
     revision: str
-    build_seconds: float
 
 
 def _project_version() -> str:
@@ -204,6 +203,31 @@ def base_image(docker: Docker) -> str:
     return base
 
 
+def build_image(
+    docker: Docker,
+    context: Path,
+    tag: str,
+    build_args: dict[str, str],
+    dockerfile: str | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """``docker build`` (BuildKit, the pip CA secret); a failure fails unless ``check=False``."""
+    args = ["build", "-t", tag]
+    for key, value in build_args.items():
+        args += ["--build-arg", f"{key}={value}"]
+    if dockerfile:
+        args += ["-f", str(context / dockerfile)]
+    ca = _pip_ca()
+    if ca:
+        args += ["--secret", f"id=pip_ca,src={ca}"]
+    started = time.monotonic()
+    env = {**os.environ, "DOCKER_BUILDKIT": "1"}
+    proc = docker.run(*args, str(context), timeout=900, env=env, check=check)
+    if proc.returncode == 0:
+        OBSERVATIONS.append(f"built {tag} in {time.monotonic() - started:.1f}s")
+    return proc
+
+
 @pytest.fixture(scope="session")
 def image(docker: Docker, base_image: str) -> BuiltImage:
     """Build the image from the working tree (BuildKit, the local base, the pip CA secret)."""
@@ -212,25 +236,9 @@ def image(docker: Docker, base_image: str) -> BuiltImage:
     revision = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
     ).stdout.strip()
-    args = [
-        "build",
-        "--build-arg",
-        f"BASE_IMAGE={base_image}",
-        "--build-arg",
-        f"VERSION={version}",
-        "--build-arg",
-        f"REVISION={revision}",
-        "-t",
-        tag,
-    ]
-    ca = _pip_ca()
-    if ca:
-        args += ["--secret", f"id=pip_ca,src={ca}"]
-    started = time.monotonic()
-    docker.run(*args, str(ROOT), timeout=900, env={**os.environ, "DOCKER_BUILDKIT": "1"}, cwd=ROOT)
-    seconds = time.monotonic() - started
-    OBSERVATIONS.append(f"built {tag} from {base_image} in {seconds:.1f}s")
-    return BuiltImage(tag, base_image, version, revision, seconds)
+    build_args = {"BASE_IMAGE": base_image, "VERSION": version, "REVISION": revision}
+    build_image(docker, ROOT, tag, build_args)
+    return BuiltImage(tag, base_image, version, revision)
 
 
 # -- NATS and Redis on the host --------------------------------------------------------------------
@@ -470,6 +478,19 @@ def module_containers(
 
 
 # -- HTTP helpers ----------------------------------------------------------------------------------
+
+
+def dispatch(
+    api: str, task: str, *args: Any, wait: float | None = None, **kwargs: Any
+) -> httpx.Response:
+    """``POST /tasks/{task}`` with these arguments (``wait`` seconds for the result if given)."""
+    params = {"wait": wait} if wait else None
+    return httpx.post(
+        f"{api}/tasks/{task}",
+        json={"args": list(args), "kwargs": kwargs},
+        params=params,
+        timeout=30,
+    )
 
 
 def wait_for_status(

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
+
+from tests.container.conftest import dispatch
 
 pytestmark = pytest.mark.container
 
@@ -20,16 +24,6 @@ def pair(module_containers):
     server.wait_ready(server.api)
     worker.wait_ready(worker.metrics)
     return server, worker
-
-
-def dispatch(api: str, task: str, *args, wait: float | None = None, **kwargs) -> httpx.Response:
-    params = {"wait": wait} if wait else None
-    return httpx.post(
-        f"{api}/tasks/{task}",
-        json={"args": list(args), "kwargs": kwargs},
-        params=params,
-        timeout=30,
-    )
 
 
 def test_dispatch_and_poll_result(pair, wait_status):
@@ -80,6 +74,19 @@ def test_worker_metrics_and_probes(pair, wait_status, metric_value):
     assert httpx.get(f"{worker.metrics}/readyz", timeout=5).status_code == 200
     assert metric_value(worker.metrics, "kiqstack_tasks_succeeded_total", task_name=ADD) >= 1
     assert metric_value(worker.metrics, "kiqstack_tasks_failed_total", task_name=RISKY) >= 1
+
+
+def test_docs_work_offline(pair):
+    """/docs names no other host; its Swagger UI assets ship in the image and are served."""
+    server, _ = pair
+    html = httpx.get(f"{server.api}/docs", timeout=10).text
+    assert re.search(r"https?:", html) is None, html
+    assets = re.findall(r'(?:src|href)="(/docs/assets/[^"]+)"', html)
+    assert len(assets) == 3, html
+    for asset in assets:
+        answer = httpx.get(f"{server.api}{asset}", timeout=10)
+        assert answer.status_code == 200, asset
+        assert len(answer.content) > 1000, asset
 
 
 @pytest.mark.parametrize("role", ["server", "worker"])

@@ -1,0 +1,1 @@
+"""Example kiqstack task package: ``TASK_MODULES=acme_tasks.tasks`` registers its tasks."""
