@@ -83,7 +83,7 @@ def fit_to_open_files(max_connections: int) -> int:
     budget = max(16, soft - max(FD_RESERVE, soft // 4))
     if max_connections <= budget:
         return max_connections
-    logger.warning(
+    logger.info(
         "HTTP_MAX_CONNECTIONS lowered from %d to %d: the open-files limit (ulimit -n) is %d",
         max_connections,
         budget,
