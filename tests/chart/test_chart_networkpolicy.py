@@ -84,11 +84,14 @@ VALKEY = ("Deployment", "demo-valkey")
 PROMETHEUS = Source({"app.kubernetes.io/name": "prometheus"}, "monitoring", {"name": "monitoring"})
 KEDA = Source({"app": "keda-operator"}, "keda")
 INTRUDER = Source({"app": "intruder"})  # same namespace, not of the release
-OTHER_RELEASE = Source(
-    {"app.kubernetes.io/instance": "other", "app.kubernetes.io/name": "kiqstack"}
-)
 ELSEWHERE = Source(RELEASE, "team-b")  # the release's label, but in another namespace
 WEB = Source({"app": "web"}, "web", {"team": "web"})
+
+
+def other_release(r: Rendered) -> Source:
+    """A kiqstack server pod of another release in the same namespace: all labels alike but the
+    instance."""
+    return Source({**pod_labels(r, *SERVER), "app.kubernetes.io/instance": "other"})
 
 
 def release_pods(r: Rendered) -> list[Source]:
@@ -123,7 +126,7 @@ def test_nats_and_valkey_accept_only_release_pods(defaults: Rendered) -> None:
     for src in release_pods(defaults):
         assert admitted(defaults, nats, 4222, src)
         assert admitted(defaults, valkey, 6379, src)
-    for src in (INTRUDER, OTHER_RELEASE, ELSEWHERE, PROMETHEUS, KEDA):
+    for src in (INTRUDER, other_release(defaults), ELSEWHERE, PROMETHEUS, KEDA):
         assert not admitted(defaults, nats, 4222, src)
         assert not admitted(defaults, valkey, 6379, src)
     # JetStream cluster routes only between the NATS pods themselves
@@ -197,7 +200,7 @@ def test_external_services_fenced_by_selector(rendered: dict[str, Rendered]) -> 
     for src in release_pods(r)[:2]:
         assert admitted(r, ci_nats, 4222, src)
         assert admitted(r, ci_redis, 6379, src)
-    for src in (INTRUDER, OTHER_RELEASE, ELSEWHERE):
+    for src in (INTRUDER, other_release(r), ELSEWHERE):
         assert not admitted(r, ci_nats, 4222, src)
         assert not admitted(r, ci_redis, 6379, src)
     assert admitted(r, ci_nats, 6222, Source(ci_nats))
