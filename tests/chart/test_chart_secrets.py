@@ -247,3 +247,19 @@ def test_example_tasks_are_opt_in(defaults: Rendered, chart: Path) -> None:
     # the helm test dispatches the built-in task either way
     script = r.get("Pod", "demo-kiqstack-test-task-roundtrip")["spec"]["containers"][0]["args"][0]
     assert "/tasks/kiqstack.ping?" in script
+
+
+def test_valkey_inline_password_is_read_from_the_subchart_secret(chart: Path) -> None:
+    """Without usersExistingSecret the valkey chart keeps inline passwords in <valkey>-auth."""
+    auth = {
+        "usersExistingSecret": "",
+        "aclUsers": {"default": {"permissions": "~* &* +@all", "password": "inline-pw"}},
+    }
+    r = render(chart, {"valkey": {"auth": auth}})
+    ref = {"name": "demo-valkey-auth", "key": "default-password"}
+    valkey = next(o for o in r.find("Deployment") if "/charts/" in o["_source"])
+    assert _ref(env_map(valkey), "REDIS_PASSWORD") == ref
+    assert (
+        _ref(env_map(r.get("Deployment", "demo-kiqstack-server")), "KIQSTACK_REDIS_PASSWORD") == ref
+    )
+    assert not r.find("Secret", "demo-valkey-users")
