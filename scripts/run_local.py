@@ -310,18 +310,27 @@ def configure(args: argparse.Namespace) -> tuple[int, int]:
     host = os.environ.setdefault("HOST", LOOPBACK)
     # The address the app binds: an IPv6 or empty HOST is checked as the IPv4 wildcard.
     bind_host = host if host and ":" not in host else "0.0.0.0"
-    nats_port = choose_port(args.nats_port, DEFAULT_NATS_PORT)
-    redis_port = choose_port(args.redis_port, DEFAULT_REDIS_PORT)
-    for name, default, span in (
-        ("PORT", DEFAULT_PORT, 1),
-        ("METRICS_PORT", DEFAULT_METRICS_PORT, 2),
-    ):
-        if not os.environ.get(name):
-            os.environ[name] = str(choose_port(None, default, bind_host, span))
+
+    def pick(what: str, wanted: int | None, default: int, bind: str, span: int = 1) -> int:
+        port = choose_port(wanted, default, bind, span)
+        if wanted is None and port != default:
+            taken = " or ".join(str(default + i) for i in range(span))
+            gets = " and ".join(str(port + i) for i in range(span))
+            say(f"kiqstack: port {taken} is taken: {what} on {gets}")
+        return port
+
+    nats_port = pick("NATS", args.nats_port, DEFAULT_NATS_PORT, LOOPBACK)
+    redis_port = pick("Redis", args.redis_port, DEFAULT_REDIS_PORT, LOOPBACK)
+    if not os.environ.get("PORT"):
+        os.environ["PORT"] = str(pick("the API", None, DEFAULT_PORT, bind_host))
+    if not os.environ.get("METRICS_PORT"):
+        port = pick("metrics (worker, server)", None, DEFAULT_METRICS_PORT, bind_host, span=2)
+        os.environ["METRICS_PORT"] = str(port)
     for name in ("NATS_URL_FILE", "REDIS_URL_FILE"):
         os.environ.pop(name, None)
     os.environ["RUN_MODE"] = "both"
-    # No load balancer to drain from locally, and tasks left running come back: stop soon.
+    # No load balancer to drain from locally, and JetStream's data lives only as long as this
+    # run: Ctrl-C stops without waiting long for running tasks.
     os.environ.setdefault("SHUTDOWN_DELAY_SECONDS", "0")
     os.environ.setdefault("WORKER_SHUTDOWN_TIMEOUT", "5")
     set_urls(nats_port, redis_port)
