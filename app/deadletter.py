@@ -21,7 +21,6 @@ import nats
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError, NoServersError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from nats.js.errors import NoStreamResponseError, NotFoundError, ServiceUnavailableError
@@ -202,6 +201,11 @@ class ReplaySummary:
         return f"replayed {self.counts[Outcome.REPLAYED]} message(s); {others}"
 
 
+def _describe(exc: BaseException) -> str:
+    """An exception in a few words, credentials masked."""
+    return redact(str(exc) or type(exc).__name__)
+
+
 class DeadLetterStream:
     """The dead-letter stream of one NATS server, opened by :func:`open_dead_letters`."""
 
@@ -223,6 +227,13 @@ class DeadLetterStream:
     def _where(self) -> str:
         return ", ".join(redact_url(url) for url in self.settings.nats_url)
 
+    def _failure(self, doing: str, exc: BaseException) -> DeadLetterError:
+        if isinstance(exc, TimeoutError):  # nats.errors.TimeoutError is one too
+            why = f"no answer within {REQUEST_TIMEOUT_SECONDS:g}s"
+        else:
+            why = _describe(exc)
+        return DeadLetterError(problem=f"NATS at {self._where()}: {doing} failed: {why}")
+
     async def refresh(self) -> None:
         """Read the stream's message count and sequence range.
 
@@ -241,11 +252,8 @@ class DeadLetterStream:
                 problem=f"JetStream is not enabled on NATS at {self._where()} (NATS_URL); "
                 "kiqstack needs nats-server -js"
             ) from None
-        except (NatsTimeoutError, TimeoutError):
-            raise DeadLetterError(
-                problem=f"NATS at {self._where()} did not answer about stream {self.name!r} "
-                f"within {REQUEST_TIMEOUT_SECONDS:g}s"
-            ) from None
+        except (NatsError, TimeoutError) as exc:
+            raise self._failure(f"describing stream {self.name!r}", exc) from None
         self.count = int(info.state.messages)
         self.first_seq = int(info.state.first_seq)
         self.last_seq = int(info.state.last_seq)
@@ -263,10 +271,9 @@ class DeadLetterStream:
             return await self.js.get_msg(self.name, seq=sequence)
         except NotFoundError:
             return None
-        except (NatsTimeoutError, TimeoutError):
-            raise DeadLetterError(
-                problem=f"NATS at {self._where()} did not answer when reading sequence "
-                f"{sequence} of stream {self.name!r} within {REQUEST_TIMEOUT_SECONDS:g}s"
+        except (NatsError, TimeoutError) as exc:
+            raise self._failure(
+                f"reading sequence {sequence} of stream {self.name!r}", exc
             ) from None
 
     async def messages(self, limit: int | None = None) -> AsyncIterator[RawStreamMsg]:
@@ -343,8 +350,7 @@ class DeadLetterStream:
             return ReplayResult(
                 sequence,
                 Outcome.FAILED,
-                f"{what} not sent ({redact(str(exc) or type(exc).__name__)}); "
-                "left in the dead-letter stream",
+                f"{what} not sent ({_describe(exc)}); left in the dead-letter stream",
             )
         try:
             await self.js.delete_msg(self.name, sequence)
@@ -353,7 +359,7 @@ class DeadLetterStream:
                 sequence,
                 Outcome.FAILED,
                 f"{what} sent to stream {ack.stream} (sequence {ack.seq}) but not removed from "
-                f"the dead-letter stream ({redact(str(exc) or type(exc).__name__)}); replaying "
+                f"the dead-letter stream ({_describe(exc)}); replaying "
                 "it again soon is harmless (the duplicate is dropped)",
             )
         return ReplayResult(
@@ -391,9 +397,8 @@ async def open_dead_letters(settings: Settings) -> AsyncIterator[DeadLetterStrea
         )
     except (NatsError, OSError, TimeoutError) as exc:
         cause = failures[-1] if failures and isinstance(exc, NoServersError) else exc
-        detail = redact(str(cause) or type(cause).__name__)
         raise DeadLetterError(
-            problem=f"cannot connect to NATS at {where} (NATS_URL): {detail}"
+            problem=f"cannot connect to NATS at {where} (NATS_URL): {_describe(cause)}"
         ) from None
     try:
         stream = DeadLetterStream(settings, client.jetstream(timeout=REQUEST_TIMEOUT_SECONDS))

@@ -26,11 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that is free right now."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+def free_port(host: str = "127.0.0.1", span: int = 1) -> int:
+    """Return a TCP port that is free right now, and so are the ``span - 1`` ports after it."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port + span - 1 <= 65535 and all(port_is_free(port + i, host) for i in range(1, span)):
+            return port
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -47,6 +50,31 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
     return True
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """One process as ``/proc`` shows it."""
+
+    pid: int
+    ppid: int
+    pgid: int
+    state: str  # "Z": a zombie, which runs nothing and holds no port
+    cmdline: str
+
+
+def processes() -> dict[int, ProcessInfo]:
+    """Every process visible now, by PID (Linux ``/proc``; empty elsewhere)."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            pid = int(stat.parent.name)
+            found[pid] = ProcessInfo(
+                pid, int(fields[1]), int(fields[2]), fields[0], cmdline.strip()
+            )
+    return found
 
 
 def die_with_parent() -> None:

@@ -45,6 +45,7 @@ from scripts.localinfra import (  # noqa: E402
     free_port,
     nats_server,
     port_is_free,
+    processes,
     redis_server,
 )
 
@@ -100,10 +101,7 @@ def choose_port(wanted: int | None, default: int, host: str = LOOPBACK, span: in
         return wanted
     if wanted is None and all(port_is_free(default + i, host) for i in range(span)):
         return default
-    while True:
-        port = free_port(host)
-        if port + span - 1 <= 65535 and all(port_is_free(port + i, host) for i in range(span)):
-            return port
+    return free_port(host, span)
 
 
 def start_server(
@@ -133,13 +131,7 @@ def start_server(
 
 def group_members(pgid: int) -> list[int]:
     """PIDs of the live (not zombie) processes in a process group (empty without ``/proc``)."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                members.append(int(stat.parent.name))
-    return members
+    return [p.pid for p in processes().values() if p.pgid == pgid and p.state != "Z"]
 
 
 def has_exited(process: subprocess.Popen[bytes]) -> bool:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
+from scripts.localinfra import processes
 from tests.support.stack import Role, Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.process]
@@ -17,16 +17,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.process]
 
 def _group(pgid: int) -> dict[int, str]:
     """Live (not zombie) processes of a process group: pid -> command line."""
-    members = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members[int(stat.parent.name)] = cmdline
-    return members
+    return {p.pid: p.cmdline for p in processes().values() if p.pgid == pgid and p.state != "Z"}
 
 
 def _wait_gone(pgid: int, timeout: float = 30) -> dict[int, str]:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.localinfra import free_port, port_is_free
+from scripts.localinfra import free_port, port_is_free, processes
 
 pytestmark = pytest.mark.soak
 
@@ -44,35 +44,24 @@ def _take_terminal() -> None:
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
-def _processes() -> dict[int, tuple[int, str, str]]:
-    """Every process: pid -> (parent pid, state, command line)."""
-    found = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            found[int(stat.parent.name)] = (int(fields[1]), fields[0], cmdline.strip())
-    return found
-
-
 def _descendants(root: int) -> dict[int, str]:
     """The live processes below ``root`` (any session or group): pid -> command line."""
-    table = _processes()
+    table = processes()
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
+    for info in table.values():
+        children.setdefault(info.ppid, []).append(info.pid)
     out, todo = {}, list(children.get(root, []))
     while todo:
         pid = todo.pop()
-        out[pid] = table[pid][2]
+        out[pid] = table[pid].cmdline
         todo.extend(children.get(pid, []))
     return out
 
 
 def _alive(pids: dict[int, str]) -> dict[int, str]:
     """Those of ``pids`` still running (a zombie holds no port and runs nothing)."""
-    table = _processes()
-    return {pid: cmd for pid, cmd in pids.items() if pid in table and table[pid][1] != "Z"}
+    table = processes()
+    return {pid: cmd for pid, cmd in pids.items() if pid in table and table[pid].state != "Z"}
 
 
 def _wait_until(check: Callable[[], bool], timeout: float, step: float = 0.1) -> bool:
@@ -99,9 +88,7 @@ class MakeRun:
 
     def start(self) -> MakeRun:
         """Start ``make run`` on free ports, with its env file in the test's directory."""
-        metrics = free_port()
-        while not port_is_free(metrics + 1):
-            metrics = free_port()
+        metrics = free_port(span=2)
         self.ports = {
             "api": free_port(),
             "worker metrics": metrics,

@@ -141,7 +141,8 @@ class Stack:
         env = {
             **os.environ,
             "PORT": str(free_port()),
-            "METRICS_PORT": str(free_port()),
+            # RUN_MODE=both also takes METRICS_PORT + 1 (the server's metrics).
+            "METRICS_PORT": str(free_port(span=2)),
             "HOST": "127.0.0.1",
             "SHUTDOWN_DELAY_SECONDS": "0",
             **self.base_env,
