@@ -15,14 +15,24 @@ clean stop, 1 when something had to be killed or failed (make, which gets the sa
 with 130 either way).
 """
 
+# ruff: noqa: E402 - a Ctrl-C that comes while this script loads is recorded first (below)
 from __future__ import annotations
+
+import signal
+
+#: What stops ``make run``: a terminal's Ctrl-C, ``kill``, the terminal closing.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: Stop signals received so far (see :class:`StopSignals`).
+RECEIVED: list[int] = []
+if __name__ == "__main__":
+    for _sig in STOP_SIGNALS:
+        signal.signal(_sig, lambda sig, _: RECEIVED.append(sig))
 
 import argparse
 import contextlib
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,14 +42,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.config import Settings, load_settings  # noqa: E402
-from app.errors import ConfigError  # noqa: E402
-from app.runner import STOP_SIGNALS, stop_grace  # noqa: E402
-from scripts.localinfra import (  # noqa: E402
+from scripts.localinfra import (
     Server,
     die_with_parent,
     free_port,
@@ -48,6 +56,9 @@ from scripts.localinfra import (  # noqa: E402
     processes,
     redis_server,
 )
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 ENV_FILE = ROOT / ".kiqstack.env"
 DEFAULT_NATS_PORT = 4222
@@ -72,9 +83,12 @@ def say(message: str, stream: str = "stderr") -> None:
 
 @dataclass
 class StopSignals:
-    """Records SIGINT/SIGTERM/SIGHUP; the main loop acts on them (nothing runs in the handler)."""
+    """Records SIGINT/SIGTERM/SIGHUP; the main loop acts on them (nothing runs in the handler).
 
-    received: list[int] = field(default_factory=list)
+    By default the list is :data:`RECEIVED`, which the script's first lines already fill.
+    """
+
+    received: list[int] = field(default_factory=lambda: RECEIVED)
 
     def install(self) -> None:
         """Handle the stop signals from now on."""
@@ -339,6 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run until interrupted; see the module docstring."""
     stop = StopSignals()
     stop.install()
+    # Imported only now, so that a Ctrl-C while they load is handled like any other.
+    from app.config import load_settings
+    from app.errors import ConfigError
+    from app.runner import stop_grace
+
     args = parse_args(argv)
     nats_port, redis_port = configure(args)
     try:
@@ -389,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         for server in reversed(servers):
             server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    say("kiqstack: stopped")
+        say("kiqstack: stopped")
     return code
 
 
