@@ -27,8 +27,8 @@ def _wait_gone(pgid: int, timeout: float = 30) -> dict[int, str]:
     return left
 
 
-def _started(stack: Stack) -> tuple[Role, dict[int, str]]:
-    both = stack.role("both")
+def _started(stack: Stack, **settings: str) -> tuple[Role, dict[int, str]]:
+    both = stack.role("both", **settings)
     answer = httpx.post(
         f"{both.probe_url}/tasks/app.tasks.example:add",
         json={"args": [2, 3]},
@@ -67,7 +67,8 @@ def test_ctrl_c_in_a_terminal_stops_every_process(stack: Stack) -> None:
 
 
 def test_a_child_that_does_not_stop_is_killed(stack: Stack) -> None:
-    both, members = _started(stack)
+    # Grace period: 2 * 0 + 5 + 15 = 20 s.
+    both, members = _started(stack, WORKER_SHUTDOWN_TIMEOUT="0", SHUTDOWN_DELAY_SECONDS="0")
     assert both.process is not None
     manager = min(pid for pid, cmd in members.items() if "-m taskiq worker" in cmd)
     os.kill(manager, signal.SIGSTOP)  # deaf to SIGTERM until killed
