@@ -159,64 +159,99 @@ def run_worker(settings: Settings) -> int:
     return 1  # pragma: no cover - execv does not return
 
 
+#: Signals that stop ``RUN_MODE=both``. Each is forwarded to the children as SIGTERM: the same
+#: graceful stop for all (taskiq's process manager takes SIGHUP as "reload", not "stop").
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def stop_grace(settings: Settings) -> float:
+    """Seconds the children of ``both`` get to stop before they are killed.
+
+    The worker waits up to ``WORKER_SHUTDOWN_TIMEOUT`` for running tasks and 5 s for the broker;
+    the server drains for ``SHUTDOWN_DELAY_SECONDS``, then closes within its graceful timeout.
+    """
+    server = 2 * settings.shutdown_delay_seconds + 5
+    return max(settings.worker_shutdown_timeout, server) + 15
+
+
 def run_both(settings: Settings) -> int:
     """Run the server and the worker as two child processes and supervise them.
 
-    SIGTERM/SIGINT are forwarded to both. If one exits on its own, the other is stopped and this
-    process exits non-zero.
+    SIGTERM, SIGINT and SIGHUP stop both (forwarded as SIGTERM, once per signal received); a child
+    still running :func:`stop_grace` seconds later is killed. If one exits on its own, the other
+    is stopped the same way and this process exits non-zero.
 
     :param settings: kiqstack settings.
-    :return: exit code.
+    :return: exit code: 0 after a clean stop on a signal.
     """
     configure_logging(settings)
+    received: list[int] = []
+    # Handlers first: a signal that comes while the children start must not kill only this
+    # process (which would orphan them). The handler only records it; the loop below acts.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda sig, _: received.append(sig))
     base = [sys.executable, "-m", "app"]
     # RUN_MODE=both tells the server that METRICS_PORT is the worker's (it takes METRICS_PORT + 1).
     env = {**os.environ, "RUN_MODE": "both"}
-    children = {
-        "server": subprocess.Popen([*base, "server"], env=env),  # noqa: S603 - our interpreter
-        "worker": subprocess.Popen([*base, "worker"], env=env),  # noqa: S603
-    }
-    stopping = False
-
-    def forward(sig: int, _: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-        for child in children.values():
-            if child.poll() is None:
-                child.send_signal(sig)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    exit_code = 0
+    children: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        while True:
-            exited = {name: c.returncode for name, c in children.items() if c.poll() is not None}
-            if len(exited) == len(children):
-                break
-            if exited and not stopping:
-                name, code = next(iter(exited.items()))
-                logger.error("%s exited with code %s; stopping the other process", name, code)
-                exit_code = code or 1
-                stopping = True
-                for child in children.values():
-                    if child.poll() is None:
-                        child.send_signal(signal.SIGTERM)
-                deadline = time.monotonic() + settings.worker_shutdown_timeout + 15
-                while time.monotonic() < deadline and any(
-                    c.poll() is None for c in children.values()
-                ):
-                    time.sleep(0.2)
-                for child in children.values():
-                    if child.poll() is None:
-                        child.kill()
-            time.sleep(0.2)
+        for role in ("server", "worker"):
+            children[role] = subprocess.Popen([*base, role], env=env)  # noqa: S603 - our python
+        return _supervise(children, received, stop_grace(settings))
     finally:
         for child in children.values():
             if child.poll() is None:
                 child.kill()
             child.wait()
-    if exit_code == 0 and stopping:
-        codes = [c.returncode for c in children.values()]
+
+
+def _supervise(
+    children: dict[str, subprocess.Popen[bytes]], received: list[int], grace: float
+) -> int:
+    """Wait for the children; stop them all on a signal or when one exits.
+
+    :param children: the running children by role.
+    :param received: stop signals recorded by the handlers (appended to while this runs).
+    :param grace: seconds between asking the children to stop and killing them.
+    :return: exit code.
+    """
+    handled = 0
+    stop_deadline: float | None = None
+    exit_code = 0
+
+    def stop_all() -> None:
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    while any(child.poll() is None for child in children.values()):
+        if len(received) > handled:
+            if stop_deadline is None:
+                name = signal.Signals(received[handled]).name
+                logger.info("%s: stopping server and worker (at most %.0fs)", name, grace)
+                stop_deadline = time.monotonic() + grace
+            handled = len(received)
+            stop_all()
+        elif stop_deadline is None:
+            exited = [(name, c.returncode) for name, c in children.items() if c.poll() is not None]
+            if exited:
+                name, code = exited[0]
+                logger.error("%s exited with code %s; stopping the other process", name, code)
+                exit_code = code or 1
+                stop_deadline = time.monotonic() + grace
+                stop_all()
+        if stop_deadline is not None and time.monotonic() > stop_deadline:
+            for name, child in children.items():
+                if child.poll() is None:
+                    logger.error("%s still running %.0fs after SIGTERM: killing it", name, grace)
+                    child.kill()
+            exit_code = exit_code or 1
+            break
+        time.sleep(0.1)
+    for child in children.values():
+        child.wait()
+    if exit_code == 0 and received:
         # A child ended by the forwarded signal counts as a clean stop.
-        exit_code = 0 if all(code in (0, -signal.SIGTERM, -signal.SIGINT) for code in codes) else 1
+        clean = (0, -signal.SIGTERM, -signal.SIGINT)
+        exit_code = 0 if all(c.returncode in clean for c in children.values()) else 1
     return exit_code
