@@ -716,8 +716,6 @@ class KiqBroker(PullBasedJetStreamBroker):
 
     async def _request_deliveries(self) -> None:
         """Ask the consumer for as many messages as this worker can start now."""
-        if self.client.is_closed:
-            raise ConnectionError("the NATS connection is closed")
         loop = asyncio.get_running_loop()
         free = self.settings.worker_concurrency - len(self._running)
         batch = max(1, min(self.settings.worker_fetch_batch, free))
@@ -752,7 +750,18 @@ class KiqBroker(PullBasedJetStreamBroker):
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self._wake.wait(), wait)
                         continue
-                    await self._request_deliveries()
+                    try:
+                        await self._request_deliveries()
+                    except Exception as exc:
+                        if self.client.is_closed:
+                            raise  # for good: taskiq starts a fresh worker process
+                        delay = self._pull_backoff.next()
+                        logger.warning(
+                            "could not ask NATS for tasks (%s); next attempt in %.1fs",
+                            describe_error(exc),
+                            delay,
+                        )
+                        self._pull_not_before = loop.time() + delay
                     continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._pull_deadline - now)
