@@ -9,17 +9,16 @@ import re
 import shutil
 import signal
 import time
-from pathlib import Path
 
 import httpx
 import nats
 import pytest
 import redis
 
-from scripts.localinfra import Server, free_port, nats_server
+from scripts.localinfra import Server, free_port
 from tests.integration.test_processes import dispatch, result_of, wait_for_log
 from tests.support.logcheck import assert_clean_log, started_ids
-from tests.support.stack import Role, Stack, metric_value, poll
+from tests.support.stack import Stack, metric_value, poll
 
 pytestmark = [pytest.mark.integration, pytest.mark.process]
 
@@ -92,46 +91,31 @@ def _restart_empty(server: Server) -> None:
     server.start()
 
 
-def _not_ready(role: Role, url: str) -> bool | None:
-    return True if _probe(url) == 503 else None
-
-
-def test_nats_restarted_without_its_data(stack: Stack, tmp_path: Path) -> None:
+def test_nats_restarted_without_its_data(stack: Stack, own_nats: Server) -> None:
     """Issue 9: streams and consumer are recreated; /readyz reports the outage meanwhile."""
-    (tmp_path / "own-nats").mkdir()
-    nats_proc = nats_server(tmp_path / "own-nats").start()
-    try:
-        stack.base_env["NATS_URL"] = f"nats://127.0.0.1:{nats_proc.port}"
-        server = stack.role("server")
-        worker = stack.role("worker")
+    server = stack.role("server")
+    worker = stack.role("worker")
+    assert dispatch(server.probe_url, "app.tasks.example:add", 1, 1, wait=30).json()["result"] == 2
+    own_nats.stop()
+    for role in (server, worker):
+        url = f"{role.probe_url}/readyz"
+        poll(lambda u=url: True if _probe(u) == 503 else None, 30, role.logs)
+    _restart_empty(own_nats)
+
+    def succeeded() -> dict | None:
+        response = dispatch(server.probe_url, "app.tasks.example:add", 2, 3, wait=10)
+        return response.json() if response.status_code == 200 else None
+
+    assert poll(succeeded, 60, worker.logs)["result"] == 5
+    for role in (server, worker):
+        role.wait_ready(30)
+    for _ in range(3):  # and it stays that way
         assert (
-            dispatch(server.probe_url, "app.tasks.example:add", 1, 1, wait=30).json()["result"] == 2
+            dispatch(server.probe_url, "app.tasks.example:add", 3, 4, wait=30).json()["result"] == 7
         )
-        nats_proc.stop()
-        for role, url in (
-            (server, f"{server.probe_url}/readyz"),
-            (worker, f"{worker.probe_url}/readyz"),
-        ):
-            poll(lambda r=role, u=url: _not_ready(r, u), 30, role.logs)
-        _restart_empty(nats_proc)
-
-        def succeeded() -> dict | None:
-            response = dispatch(server.probe_url, "app.tasks.example:add", 2, 3, wait=10)
-            return response.json() if response.status_code == 200 else None
-
-        assert poll(succeeded, 60, worker.logs)["result"] == 5
-        for role in (server, worker):
-            role.wait_ready(30)
-        for _ in range(3):  # and it stays that way
-            assert (
-                dispatch(server.probe_url, "app.tasks.example:add", 3, 4, wait=30).json()["result"]
-                == 7
-            )
-        assert "was missing (NATS restarted without its data?)" in server.logs() + worker.logs()
-        for role in (server, worker):
-            assert_clean_log(role.logs())
-    finally:
-        nats_proc.stop()
+    assert "was missing (NATS restarted without its data?)" in server.logs() + worker.logs()
+    for role in (server, worker):
+        assert_clean_log(role.logs())
 
 
 async def _publish_raw(nats_url: str, subject: str, cases: list[tuple[dict, bytes]]) -> None:
@@ -219,24 +203,18 @@ async def _consumer_info(env: dict[str, str]):
         await conn.close()
 
 
-def test_stop_after_nats_went_away_prints_no_traceback(stack: Stack, tmp_path: Path) -> None:
+def test_stop_after_nats_went_away_prints_no_traceback(stack: Stack, own_nats: Server) -> None:
     """Ctrl-C on ``make run`` stops NATS and the app together: the app must still stop cleanly."""
-    (tmp_path / "own-nats").mkdir()
-    nats_proc = nats_server(tmp_path / "own-nats").start()
-    try:
-        stack.base_env["NATS_URL"] = f"nats://127.0.0.1:{nats_proc.port}"
-        server = stack.role("server")
-        worker = stack.role("worker")
-        both = stack.role("both")
-        nats_proc.stop()
-        wait_for_log(worker, "cannot reach NATS")
-        for role in (server, worker, both):
-            role.signal(signal.SIGTERM)
-        for role in (server, worker, both):
-            assert role.wait(40) == 0
-            assert_clean_log(role.logs())
-    finally:
-        nats_proc.stop()
+    server = stack.role("server")
+    worker = stack.role("worker")
+    both = stack.role("both")
+    own_nats.stop()
+    wait_for_log(worker, "cannot reach NATS")
+    for role in (server, worker, both):
+        role.signal(signal.SIGTERM)
+    for role in (server, worker, both):
+        assert role.wait(40) == 0
+        assert_clean_log(role.logs())
 
 
 def test_clean_stop_prints_no_traceback(stack: Stack) -> None:
