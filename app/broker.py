@@ -438,6 +438,9 @@ class KiqBroker(PullBasedJetStreamBroker):
             await asyncio.wait(
                 {connecting, stop}, timeout=limit, return_when=asyncio.FIRST_COMPLETED
             )
+        except BaseException:
+            connecting.cancel()
+            raise
         finally:
             stop.cancel()
         if connecting.done() and not connecting.cancelled():
@@ -700,6 +703,7 @@ class KiqBroker(PullBasedJetStreamBroker):
         self._pull_left = 0
         self._wake.set()
         if status in _STATUS_END_OF_PULL:
+            self._pull_backoff.reset()  # expired or nothing left: a healthy end
             return
         # 503 (no responders: the consumer or stream is gone), 409 (consumer deleted, too many
         # waiting requests, ...): wait before the next pull, and recreate what is missing.
