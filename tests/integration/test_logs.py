@@ -8,9 +8,8 @@ import subprocess
 
 import pytest
 
-from tests.integration.test_processes import dispatch, wait_for_log
 from tests.support.logcheck import json_records
-from tests.support.stack import Stack
+from tests.support.stack import Stack, dispatch, wait_for_log
 
 pytestmark = [pytest.mark.integration, pytest.mark.process]
 

@@ -16,9 +16,8 @@ import pytest
 import redis
 
 from scripts.localinfra import Server, free_port
-from tests.integration.test_processes import dispatch, result_of, wait_for_log
 from tests.support.logcheck import assert_clean_log, started_ids
-from tests.support.stack import Stack, metric_value, poll
+from tests.support.stack import Stack, dispatch, metric_value, poll, result_of, wait_for_log
 
 pytestmark = [pytest.mark.integration, pytest.mark.process]
 

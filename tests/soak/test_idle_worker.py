@@ -18,9 +18,8 @@ import httpx
 import pytest
 
 from scripts.localinfra import Server, nats_server
-from tests.integration.test_processes import dispatch, result_of
 from tests.support.logcheck import assert_clean_log, started_ids
-from tests.support.stack import Role, Stack, metric_value, unique_names
+from tests.support.stack import Role, Stack, dispatch, metric_value, result_of, unique_names
 
 ACK_WAIT_SECONDS = 5
 LONG_TASK_SECONDS = 3 * ACK_WAIT_SECONDS + 1
