@@ -1,6 +1,7 @@
 """The kiqstack broker: taskiq-nats' pull-based JetStream broker with its unsafe defaults fixed.
 
-What it adds to ``PullBasedJetStreamBroker`` (see ``../shared/notes/taskiq.md`` for why):
+What it adds to ``PullBasedJetStreamBroker`` (each fixes a way the stock one loses, repeats or
+drops tasks):
 
 * a **work-queue** stream and one durable pull consumer shared by every worker replica; a clear
   startup error when an existing stream has an incompatible configuration (stock code silently keeps
@@ -32,9 +33,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import os
-import re
 import signal
 import socket
 import threading
@@ -42,7 +41,6 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from types import FrameType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -55,12 +53,12 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.errors import NoStreamResponseError, NotFoundError
-from taskiq import AckableMessage, AsyncBroker, BrokerMessage, TaskiqMessage
-from taskiq.abc.formatter import TaskiqFormatter
-from taskiq.acks import parse_acknowledge_type
+from taskiq import AckableMessage, AsyncBroker, BrokerMessage
 from taskiq_nats import PullBasedJetStreamBroker
 
 from app import metrics
+from app.admission import TASK_ID_PATTERN, RejectedDelivery, check_delivery
+from app.admission import TASK_NAME_HEADER as TASK_NAME_HEADER  # re-exported (app.deadletter)
 from app.config import Settings, get_settings
 from app.errors import (
     InvalidTaskIdError,
@@ -69,10 +67,10 @@ from app.errors import (
     StreamConfigError,
 )
 from app.results import KiqResultBackend, result_save_failed
+from app.retry import Backoff, describe_error, redact_url
 
 logger = logging.getLogger("kiqstack.broker")
 
-TASK_NAME_HEADER = "Kiq-Task-Name"
 DEAD_LETTER_REASON_HEADER = "Kiq-Dead-Letter-Reason"
 DEAD_LETTER_DETAIL_HEADER = "Kiq-Dead-Letter-Detail"
 DEAD_LETTER_DELIVERIES_HEADER = "Kiq-Deliveries"
@@ -93,128 +91,9 @@ _INTERNAL_HEADERS = frozenset(
 FETCH_TIMEOUT_SECONDS = 2.0
 # How long after its expiry a pull request that never reported its end is given up.
 _PULL_GRACE_SECONDS = 1.0
-# Waits between attempts to reach NATS (or to recreate its streams): doubling, capped.
-RETRY_FIRST_SECONDS = 0.5
-RETRY_MAX_SECONDS = 5.0
 _HEADER_OVERHEAD = 64  # NATS/1.0 status line and separators
-# Task ids end up in log lines, Redis keys and the result notification lines.
-TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-_MAX_TASK_NAME = 256
 _STATUS = "Status"
 _STATUS_END_OF_PULL = frozenset({"404", "408"})
-
-
-def redact_url(url: str) -> str:
-    """A URL with its password (or token) replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if "@" not in parts.netloc:
-        return url
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user, has_password, _ = userinfo.partition(":")
-    shown = f"{user}:***" if has_password else "***"
-    return urlunsplit(parts._replace(netloc=f"{shown}@{host}"))
-
-
-def describe_error(exc: BaseException) -> str:
-    """``Type: message`` on one line (for log lines that must not carry a traceback)."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-class Backoff:
-    """Capped exponential waits: ``first``, doubling up to ``cap``; :meth:`reset` starts over."""
-
-    def __init__(self, first: float = RETRY_FIRST_SECONDS, cap: float = RETRY_MAX_SECONDS) -> None:
-        """Create a backoff.
-
-        :param first: the first wait, in seconds.
-        :param cap: the longest wait, in seconds.
-        """
-        self.first = first
-        self.cap = cap
-        self.attempt = 0
-
-    def next(self) -> float:
-        """The next wait, in seconds."""
-        wait = min(self.cap, self.first * float(2**self.attempt))
-        self.attempt = min(self.attempt + 1, 30)
-        return wait
-
-    def reset(self) -> None:
-        """Start over from ``first``."""
-        self.attempt = 0
-
-
-class RejectedDelivery(Exception):
-    """Why a delivery cannot run: a short ``reason`` (a metric label) and a ``detail``."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        """Create the verdict.
-
-        :param reason: short reason, e.g. ``invalid-label``.
-        :param detail: what exactly is wrong.
-        """
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
-def check_delivery(
-    formatter: TaskiqFormatter, data: bytes, header_task_name: str | None
-) -> TaskiqMessage:
-    """Validate what a worker is about to run; taskiq would drop or choke on what fails here.
-
-    :param formatter: the broker's formatter (reads the body).
-    :param data: the message body.
-    :param header_task_name: the ``Kiq-Task-Name`` header, if any.
-    :return: the parsed message.
-    :raises RejectedDelivery: with the reason the message must be dead-lettered.
-    """
-    try:
-        message: TaskiqMessage = formatter.loads(data)
-    except Exception as exc:
-        raise RejectedDelivery(
-            "unparseable", f"not a taskiq message: {describe_error(exc)}"
-        ) from None
-    task_name = message.task_name
-    if header_task_name is not None and header_task_name != task_name:
-        raise RejectedDelivery(
-            "task-name-mismatch",
-            f"header {TASK_NAME_HEADER}={header_task_name!r} but the body names {task_name!r}",
-        )
-    if not TASK_ID_PATTERN.fullmatch(message.task_id):
-        raise RejectedDelivery(
-            "invalid-task-id",
-            f"task id {message.task_id[:64]!r} is not 1 to 128 letters, digits, '-', '_', '.', ':'",
-        )
-    if not task_name or len(task_name) > _MAX_TASK_NAME or not task_name.isprintable():
-        raise RejectedDelivery("invalid-task-name", f"task name {task_name[:64]!r} is not valid")
-    try:
-        message.parse_labels()
-    except Exception as exc:
-        raise RejectedDelivery("invalid-label", f"labels: {describe_error(exc)}") from None
-    labels = message.labels
-    if labels.get("ack_type") is not None:
-        try:
-            parse_acknowledge_type(labels["ack_type"])
-        except ValueError:
-            raise RejectedDelivery(
-                "invalid-label", f"label ack_type={str(labels['ack_type'])[:64]!r} is not valid"
-            ) from None
-    if labels.get("timeout") is not None:
-        try:
-            timeout = float(labels["timeout"])
-        except (TypeError, ValueError):
-            timeout = math.nan
-        if not (math.isfinite(timeout) and timeout > 0):
-            raise RejectedDelivery(
-                "invalid-label",
-                f"label timeout={str(labels['timeout'])[:64]!r} is not a positive number",
-            )
-    return message
 
 
 class KiqBroker(PullBasedJetStreamBroker):

@@ -1,4 +1,4 @@
-"""What a worker admits (``check_delivery``), URL redaction and the retry backoff."""
+"""What a worker admits: ``check_delivery`` on what a message published by hand can hold."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 from taskiq.formatters.json_formatter import JSONFormatter
 
-from app.broker import Backoff, RejectedDelivery, check_delivery, redact_url
+from app.admission import RejectedDelivery, check_delivery
 
 ADD = "app.tasks.example:add"
 
@@ -63,23 +63,3 @@ def test_rejected(data: bytes, header: str | None, reason: str, detail: str) -> 
 )
 def test_admitted(data: bytes, header: str | None) -> None:
     assert check_delivery(JSONFormatter(), data, header).task_name == ADD
-
-
-@pytest.mark.parametrize(
-    ("url", "shown"),
-    [
-        ("nats://localhost:4222", "nats://localhost:4222"),
-        ("nats://user:s3cret@nats:4222", "nats://user:***@nats:4222"),
-        ("tls://t0ken@nats:4222", "tls://***@nats:4222"),
-        ("nats://user:p@ss@nats:4222", "nats://user:***@nats:4222"),
-    ],
-)
-def test_redact_url(url: str, shown: str) -> None:
-    assert redact_url(url) == shown
-
-
-def test_backoff_doubles_up_to_its_cap_and_resets() -> None:
-    backoff = Backoff(first=0.5, cap=5.0)
-    assert [backoff.next() for _ in range(7)] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
-    backoff.reset()
-    assert backoff.next() == 0.5
