@@ -11,13 +11,18 @@ import sys
 import tempfile
 import time
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 from uvicorn.supervisors import ChangeReload
 
-from app.api.deps import Lifecycle
 from app.config import Settings
 from app.logs import TEXT_FORMAT, configure_logging
+
+if TYPE_CHECKING:
+    from taskiq.cli.worker.args import WorkerArgs
+
+    from app.api.deps import Lifecycle
 
 logger = logging.getLogger("kiqstack.runner")
 
@@ -85,6 +90,7 @@ def run_server(settings: Settings) -> int:
         sock = config.bind_socket()
         ChangeReload(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
         return 0
+    from app.api.deps import Lifecycle
     from app.main import create_app
 
     lifecycle = Lifecycle()
@@ -100,16 +106,21 @@ def run_server(settings: Settings) -> int:
 
 
 def worker_command(settings: Settings) -> list[str]:
-    """The ``taskiq worker`` command line for these settings.
+    """The ``taskiq worker`` command line equivalent to ``python -m app worker``.
 
     :param settings: kiqstack settings.
     :return: argv.
     """
+    return [sys.executable, "-m", "taskiq", "worker", *worker_arguments(settings)]
+
+
+def worker_arguments(settings: Settings) -> list[str]:
+    """The arguments of ``taskiq worker`` for these settings.
+
+    :param settings: kiqstack settings.
+    :return: the arguments after ``taskiq worker``.
+    """
     argv = [
-        sys.executable,
-        "-m",
-        "taskiq",
-        "worker",
         BROKER_REF,
         *settings.task_modules,
         "--workers",
@@ -146,17 +157,62 @@ def prepare_worker_environment(settings: Settings) -> None:
 
 
 def run_worker(settings: Settings) -> int:
-    """Replace this process with ``taskiq worker`` (exec: SIGTERM reaches it directly).
+    """Run ``taskiq worker`` in this process: it supervises the worker processes it forks.
+
+    This process is the one the container runtime signals (no shell, no exec needed): SIGTERM
+    drains the worker processes. Logging is set up here first (``LOG_FORMAT``), so taskiq's own
+    process manager and every worker process log in the same format. Nothing here may import
+    prometheus-client before :func:`prepare_worker_environment`: the worker processes inherit
+    the choice of in-memory or multi-process metrics made at its import.
 
     :param settings: kiqstack settings.
-    :return: never returns on success.
+    :return: exit code.
     """
     prepare_worker_environment(settings)
-    argv = worker_command(settings)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(argv[0], argv)  # noqa: S606 - exec form on purpose
-    return 1  # pragma: no cover - execv does not return
+    configure_logging(settings)
+    from taskiq.cli.worker.args import WorkerArgs
+
+    args = WorkerArgs.from_cli(worker_arguments(settings))
+    args.configure_logging = False
+    return serve_worker(args)
+
+
+def serve_worker(args: WorkerArgs) -> int:
+    """taskiq's ``run_worker``, with worker processes that fail with a log record, not stderr.
+
+    :param args: parsed ``taskiq worker`` arguments.
+    :return: exit code (0 after a clean stop).
+    """
+    from taskiq.cli.worker.process_manager import ProcessManager
+
+    logging.getLogger("taskiq").setLevel(args.log_level)
+    logger.info("worker supervisor pid %d, %d worker process(es)", os.getpid(), args.workers)
+    observer = None
+    if args.reload:
+        from watchdog.observers import Observer
+
+        observer = Observer()
+        observer.start()
+        args.workers = 1
+    manager = ProcessManager(args=args, observer=observer, worker_function=_worker_process)
+    status = manager.start()
+    if observer is not None and observer.is_alive():
+        observer.stop()
+    return 0 if status is None else 1
+
+
+def _worker_process(args: WorkerArgs) -> None:
+    """Body of one worker process: taskiq's ``start_listen``; a crash is logged, then exit 1."""
+    from taskiq.cli.worker.run import start_listen
+
+    try:
+        start_listen(args)
+    except KeyboardInterrupt:
+        logger.warning("worker process %d stopped by repeated signals", os.getpid())
+        raise SystemExit(1) from None
+    except Exception as exc:
+        logger.critical("worker process %d failed: %s", os.getpid(), exc, exc_info=True)
+        raise SystemExit(1) from None
 
 
 #: Signals that stop ``RUN_MODE=both``. Each is forwarded to the children as SIGTERM: the same
