@@ -66,8 +66,9 @@ from app.errors import (
     PayloadTooLargeError,
     StreamConfigError,
 )
+from app.redact import redact_url
 from app.results import KiqResultBackend, result_save_failed
-from app.retry import Backoff, describe_error, redact_url
+from app.retry import Backoff, describe_error
 
 logger = logging.getLogger("kiqstack.broker")
 

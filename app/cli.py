@@ -39,7 +39,8 @@ usage, 130 interrupted.
 _LIST_EPILOG = """\
 One JSON object per line, printed as each message is read: sequence, task_id,
 task_name, reason, deliveries, dead_lettered_at, original_sequence, args, kwargs,
-body_error (why the body could not be decoded; null for a task message).
+body_error (why the body could not be decoded; null for a task message), detail
+(what a delivery check found wrong, for the validation reasons).
 """
 
 _REPLAY_EPILOG = """\

@@ -27,6 +27,7 @@ from nats.js.errors import NoStreamResponseError, NotFoundError, ServiceUnavaila
 
 from app.broker import (
     DEAD_LETTER_DELIVERIES_HEADER,
+    DEAD_LETTER_DETAIL_HEADER,
     DEAD_LETTER_REASON_HEADER,
     DEAD_LETTER_SEQUENCE_HEADER,
     DEAD_LETTER_TIME_HEADER,
@@ -38,6 +39,7 @@ from app.redact import redact, redact_url
 
 _DEAD_LETTER_HEADERS = {
     DEAD_LETTER_REASON_HEADER,
+    DEAD_LETTER_DETAIL_HEADER,
     DEAD_LETTER_DELIVERIES_HEADER,
     DEAD_LETTER_SEQUENCE_HEADER,
     DEAD_LETTER_TIME_HEADER,
@@ -71,6 +73,8 @@ class DeadLetter:
     args: Any = None
     kwargs: Any = None
     body_error: str | None = None
+    #: What exactly was wrong, for the validation reasons (``invalid-label: ...``).
+    detail: str | None = None
 
     def as_json(self) -> str:
         """The dead letter as one JSON line; arguments too deep to encode are left out."""
@@ -136,6 +140,7 @@ def decode(sequence: int, headers: dict[str, str] | None, data: bytes) -> DeadLe
         task_id=text(body.get("task_id")),
         task_name=text(headers.get(TASK_NAME_HEADER)) or text(body.get("task_name")),
         reason=text(headers.get(DEAD_LETTER_REASON_HEADER)),
+        detail=text(headers.get(DEAD_LETTER_DETAIL_HEADER)),
         deliveries=num(DEAD_LETTER_DELIVERIES_HEADER, int),
         dead_lettered_at=num(DEAD_LETTER_TIME_HEADER, float),
         original_sequence=num(DEAD_LETTER_SEQUENCE_HEADER, int),

@@ -1,31 +1,14 @@
 """Retrying what fails for a while (NATS down, a stream being recreated), and saying so safely.
 
-A capped exponential :class:`Backoff` spaces the attempts out; :func:`describe_error` and
-:func:`redact_url` turn what went wrong into one log line that carries neither a traceback nor a
-password.
+A capped exponential :class:`Backoff` spaces the attempts out; :func:`describe_error` turns what
+went wrong into one log line without a traceback (credentials are masked by :mod:`app.redact`).
 """
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
-
 # Waits between attempts to reach NATS (or to recreate its streams): doubling, capped.
 RETRY_FIRST_SECONDS = 0.5
 RETRY_MAX_SECONDS = 5.0
-
-
-def redact_url(url: str) -> str:
-    """A URL with its password (or token) replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if "@" not in parts.netloc:
-        return url
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user, has_password, _ = userinfo.partition(":")
-    shown = f"{user}:***" if has_password else "***"
-    return urlunsplit(parts._replace(netloc=f"{shown}@{host}"))
 
 
 def describe_error(exc: BaseException) -> str:

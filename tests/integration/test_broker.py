@@ -125,7 +125,7 @@ async def test_startup_gives_up_with_an_error_naming_nats_url(settings: Settings
     with pytest.raises(NatsUnavailableError) as info:
         await asyncio.wait_for(broker.startup(), 30)  # 30 s: the deadline of this test only
     message = str(info.value)
-    assert "could not connect to NATS at nats://kiq:***@127.0.0.1:" in message
+    assert "could not connect to NATS at nats://***@127.0.0.1:" in message
     assert "within 1.5s" in message
     assert "check NATS_URL" in message
     assert "s3cret" not in message

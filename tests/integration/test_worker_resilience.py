@@ -75,7 +75,7 @@ def test_worker_without_nats_waits_quietly_and_stops_on_sigterm(stack: Stack) ->
     logs = worker.logs()
     assert_clean_log(logs)
     assert "s3cret" not in logs
-    assert f"nats://kiq:***@127.0.0.1:{port}" in logs
+    assert f"nats://***@127.0.0.1:{port}" in logs
     waits = [float(w) for w in re.findall(r"next attempt in ([0-9.]+)s", logs)]
     assert waits == sorted(waits)  # backing off, not hammering
     assert max(waits) <= 5.0

@@ -275,11 +275,13 @@ def _assert_started_everything(run: MakeRun) -> None:
         r"scripts/run_local\.py",
         r"-m app both",
         r"-m app server",
-        r"-m taskiq worker",
+        r"-m app worker",
     ):
         assert has(pattern), f"{pattern!r} not among {commands}"
-    workers = [cmd for cmd in commands if "-m taskiq worker" in cmd]
-    assert len(workers) >= 2, f"expected the taskiq process manager and a worker: {workers}"
+    workers = [cmd for cmd in commands if "-m app worker" in cmd]
+    assert len(workers) >= 2, (
+        f"expected the worker supervisor (taskiq process manager) and a worker process: {workers}"
+    )
 
 
 INTERRUPTED = (0, 130, -signal.SIGINT)
@@ -317,7 +319,13 @@ def test_ctrl_c_twice_stops_everything(make_run: Callable[..., MakeRun]) -> None
 
 @pytest.mark.parametrize(
     "started",
-    [r"scripts/run_local\.py", "nats-server", "(redis|valkey)-server", "-m app both", "-m taskiq"],
+    [
+        r"scripts/run_local\.py",
+        "nats-server",
+        "(redis|valkey)-server",
+        "-m app both",
+        "-m app worker",
+    ],
 )
 def test_ctrl_c_during_startup_stops_everything(
     make_run: Callable[..., MakeRun], started: str

@@ -6,7 +6,12 @@ import json
 
 import pytest
 
-from app.broker import DEAD_LETTER_DELIVERIES_HEADER, DEAD_LETTER_REASON_HEADER, TASK_NAME_HEADER
+from app.broker import (
+    DEAD_LETTER_DELIVERIES_HEADER,
+    DEAD_LETTER_DETAIL_HEADER,
+    DEAD_LETTER_REASON_HEADER,
+    TASK_NAME_HEADER,
+)
 from app.deadletter import (
     DeadLetter,
     Outcome,
@@ -40,6 +45,18 @@ def test_a_task_message_decodes() -> None:
     )
     assert replay_problem(letter) is None
     assert json.loads(letter.as_json())["body_error"] is None
+    assert json.loads(letter.as_json())["detail"] is None
+
+
+def test_decode_shows_what_a_delivery_check_found() -> None:
+    headers = {
+        TASK_NAME_HEADER: "app.tasks.example:add",
+        DEAD_LETTER_REASON_HEADER: "invalid-label",
+        DEAD_LETTER_DETAIL_HEADER: "ack_type: 'bogus' is not an acknowledgement type",
+    }
+    letter = decode(3, headers, json.dumps(TASK).encode())
+    assert letter.reason == "invalid-label"
+    assert json.loads(letter.as_json())["detail"] == headers[DEAD_LETTER_DETAIL_HEADER]
 
 
 @pytest.mark.parametrize(
