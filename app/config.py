@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import enum
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.errors import ConfigError
+from app.redact import redact, redact_url
 
 
 class RunMode(enum.StrEnum):
@@ -34,6 +43,35 @@ def _split_csv(value: Any) -> Any:
     return value
 
 
+#: Secret settings that can also be read from a file: ``<NAME>_FILE`` names the file.
+SECRET_FILE_SETTINGS = {
+    "api_token": "api_token_file",
+    "nats_url": "nats_url_file",
+    "redis_url": "redis_url_file",
+}
+
+
+def _unset(value: Any) -> bool:
+    return value is None or value == ""
+
+
+def _read_secret_file(variable: str, path: Any) -> str:
+    """Read a mounted secret (surrounding whitespace, such as a final newline, is dropped).
+
+    :raises ValueError: naming the variable when the file is missing, unreadable or empty.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ValueError(f"{variable}: no such file: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ValueError(f"{variable}: cannot read {path}: {reason}") from None
+    if not text:
+        raise ValueError(f"{variable}: {path} is empty")
+    return text
+
+
 class Settings(BaseSettings):
     """kiqstack settings, read from the environment (no prefix)."""
 
@@ -45,12 +83,20 @@ class Settings(BaseSettings):
     )
 
     # -- connections ---------------------------------------------------------------------------
+    # URLs may carry credentials: kept out of repr(), redacted in every message (app.redact).
     nats_url: Annotated[list[str], NoDecode] = Field(
         default=["nats://localhost:4222"],
         description="NATS server URL; a comma-separated list for a cluster.",
+        repr=False,
     )
     redis_url: str = Field(
-        default="redis://localhost:6379/0", description="Redis URL for task results."
+        default="redis://localhost:6379/0", description="Redis URL for task results.", repr=False
+    )
+    nats_url_file: Path | None = Field(
+        default=None, description="File holding NATS_URL (a mounted Secret); excludes NATS_URL."
+    )
+    redis_url_file: Path | None = Field(
+        default=None, description="File holding REDIS_URL (a mounted Secret); excludes REDIS_URL."
     )
 
     # -- process role and ports ----------------------------------------------------------------
@@ -58,7 +104,11 @@ class Settings(BaseSettings):
     host: str = Field(default="0.0.0.0", description="Address the API and metrics servers bind.")
     port: int = Field(default=8000, ge=1, le=65535, description="API port.")
     metrics_port: int = Field(
-        default=9000, ge=1, le=65535, description="Worker metrics and probe port."
+        default=9000,
+        ge=1,
+        le=65535,
+        description="Port of /metrics, /livez and /readyz, for the server and the worker "
+        "(RUN_MODE=both: the worker's; the server's is METRICS_PORT + 1).",
     )
 
     # -- tasks and delivery --------------------------------------------------------------------
@@ -119,9 +169,65 @@ class Settings(BaseSettings):
         le=64 * 1024 * 1024,
         description="Largest request body / task message accepted.",
     )
-    api_token: str | None = Field(
+    api_token: SecretStr | None = Field(
         default=None,
         description="Bearer token required on the task endpoints; unset leaves them open.",
+    )
+    api_token_file: Path | None = Field(
+        default=None, description="File holding API_TOKEN (a mounted Secret); excludes API_TOKEN."
+    )
+    idempotency_ttl_seconds: int = Field(
+        default=86_400,
+        ge=300,
+        le=30 * 86_400,
+        description="How long an Idempotency-Key is remembered after its dispatch.",
+    )
+
+    # -- HTTP edge (uvicorn) ---------------------------------------------------------------------
+    http_header_timeout_seconds: float = Field(
+        default=10,
+        gt=0,
+        le=300,
+        description="Time a client has to send a request's headers, from connecting (or from "
+        "the first byte of a keep-alive request); then 408 and the connection is closed.",
+    )
+    http_body_timeout_seconds: float = Field(
+        default=30,
+        gt=0,
+        le=600,
+        description="Time a client has to send a request's body once its headers are in; "
+        "then the connection is closed.",
+    )
+    http_keepalive_timeout_seconds: int = Field(
+        default=5, ge=1, le=3600, description="Idle time before a keep-alive connection is closed."
+    )
+    http_limit_concurrency: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Open connections or running requests above which a new request gets 503.",
+    )
+    http_max_connections: int = Field(
+        default=2000,
+        ge=1,
+        le=100_000,
+        description="Open connections on the API port; one more is answered 503 and closed at "
+        "once (lowered at startup to leave file descriptors free).",
+    )
+    http_max_header_bytes: int = Field(
+        default=32 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest request line plus headers; larger gets 431 and the connection closes.",
+    )
+    http_max_headers: int = Field(
+        default=100, ge=8, le=1000, description="Most header fields in one request (else 431)."
+    )
+    http_backlog: int = Field(
+        default=2048,
+        ge=16,
+        le=65535,
+        description="Listen backlog of the API socket (the kernel caps it at net.core.somaxconn).",
     )
     shutdown_delay_seconds: float = Field(
         default=5,
@@ -156,6 +262,23 @@ class Settings(BaseSettings):
     # -- development ---------------------------------------------------------------------------
     reload: bool = Field(default=False, description="Restart on code changes (development).")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, data: Any) -> Any:
+        """Read ``API_TOKEN_FILE``, ``NATS_URL_FILE``, ``REDIS_URL_FILE`` (one source each)."""
+        if not isinstance(data, dict):
+            return data
+        for name, file_name in SECRET_FILE_SETTINGS.items():
+            path = data.get(file_name)
+            if _unset(path):
+                continue
+            if not _unset(data.get(name)):
+                raise ValueError(
+                    f"{name.upper()} and {file_name.upper()} are both set; set only one of them"
+                )
+            data = {**data, name: _read_secret_file(file_name.upper(), path)}
+        return data
+
     @field_validator("nats_url", "task_modules", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:
@@ -168,14 +291,23 @@ class Settings(BaseSettings):
             raise ValueError("at least one URL is required")
         for url in value:
             if not url.startswith(("nats://", "tls://", "ws://", "wss://")):
-                raise ValueError(f"{url!r} is not a nats://, tls://, ws:// or wss:// URL")
+                raise ValueError(
+                    f"{redact_url(url)!r} is not a nats://, tls://, ws:// or wss:// URL"
+                )
         return value
+
+    @field_serializer("nats_url", "redis_url")
+    def _without_credentials(self, value: str | list[str]) -> str | list[str]:
+        # model_dump() and JSON never carry a password; the attributes keep the real URLs.
+        if isinstance(value, list):
+            return [redact_url(url) for url in value]
+        return redact_url(value)
 
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"{value!r} is not a redis://, rediss:// or unix:// URL")
+            raise ValueError(f"{redact_url(value)!r} is not a redis://, rediss:// or unix:// URL")
         return value
 
     @field_validator("task_modules")
@@ -223,6 +355,37 @@ class Settings(BaseSettings):
             raise ValueError("NATS_SUBJECT and NATS_DEAD_LETTER_SUBJECT must differ")
         return self
 
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> Settings:
+        if self.port == self.metrics_port:
+            raise ValueError("PORT and METRICS_PORT must differ")
+        if self.run_mode is RunMode.BOTH:
+            if self.metrics_port == 65535:
+                raise ValueError(
+                    "METRICS_PORT must be below 65535 with RUN_MODE=both (the server uses "
+                    "METRICS_PORT + 1)"
+                )
+            if self.port == self.metrics_port + 1:
+                raise ValueError(
+                    "PORT must differ from METRICS_PORT + 1 with RUN_MODE=both (the server's "
+                    "metrics port)"
+                )
+        return self
+
+    @property
+    def server_metrics_port(self) -> int:
+        """Port of the server's ``/metrics``, ``/livez`` and ``/readyz``.
+
+        ``METRICS_PORT``; with ``RUN_MODE=both`` the worker keeps ``METRICS_PORT`` and the server
+        takes ``METRICS_PORT + 1`` (two processes cannot share one port).
+        """
+        return self.metrics_port + 1 if self.run_mode is RunMode.BOTH else self.metrics_port
+
+    @property
+    def api_token_value(self) -> str | None:
+        """The API token in clear (None when the API is open)."""
+        return self.api_token.get_secret_value() if self.api_token is not None else None
+
     @property
     def consumer_max_deliver(self) -> int:
         """JetStream ``max_deliver`` of the consumer.
@@ -246,8 +409,11 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            name = "_".join(str(p) for p in err["loc"][:1]).upper() or "settings"
-            problems.append(f"{name}: {err['msg']}")
+            cause = (err.get("ctx") or {}).get("error")
+            message = str(cause) if isinstance(cause, ValueError) else err["msg"]
+            name = "_".join(str(p) for p in err["loc"][:1]).upper()
+            # Never echo a secret: URLs lose their credentials (a value may be a whole URL).
+            problems.append(redact(f"{name}: {message}" if name else message))
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
 
 

@@ -64,6 +64,41 @@ class InvalidRequestError(AppError):
     template = "{problem}"
 
 
+class UnsupportedMediaTypeError(AppError):
+    """A request body that is not declared as JSON."""
+
+    status_code = 415
+    template = "{problem}"
+
+
+class ClientDisconnectedError(AppError):
+    """The client went away before its request was read (nginx's 499; nobody sees the answer)."""
+
+    status_code = 499
+    template = "client closed the connection before the request body was read"
+
+
+class IdempotencyKeyReusedError(AppError):
+    """An ``Idempotency-Key`` came back with another task or other arguments."""
+
+    status_code = 422
+    template = (
+        "Idempotency-Key {key!r} was used for {first} with other arguments within the "
+        "idempotency window; use a new key for a different request"
+    )
+
+
+class IdempotencyUnconfirmedError(AppError):
+    """A retry came too late to re-send a dispatch whose outcome is unknown."""
+
+    status_code = 409
+    template = (
+        "Idempotency-Key {key!r}: the first dispatch (task {task_id}) was never confirmed by NATS "
+        "and is older than the duplicate window ({window:g}s), so sending it again could run it "
+        "twice; GET /tasks/{task_id} shows whether it ran, or dispatch with a new key"
+    )
+
+
 class UnauthorizedError(AppError):
     """The bearer token is missing or wrong."""
 
@@ -83,6 +118,15 @@ class DispatchError(AppError):
 
     status_code = 503
     template = "task could not be queued: {reason}"
+
+
+class DispatchUnconfirmedError(DispatchError):
+    """NATS did not confirm the message in time: it may or may not be queued."""
+
+    template = (
+        "NATS did not confirm the task in time ({reason}): it may or may not be queued; "
+        "retry with the same Idempotency-Key to be sure it runs once"
+    )
 
 
 class StreamConfigError(AppError):

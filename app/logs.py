@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.config import Settings
+from app.redact import RedactingStreamHandler
 
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -63,7 +64,7 @@ def configure_logging(settings: Settings) -> None:
 
     :param settings: kiqstack settings.
     """
-    handler = logging.StreamHandler(sys.stderr)
+    handler = RedactingStreamHandler(sys.stderr)  # no credentials in any log line
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:

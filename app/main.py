@@ -10,10 +10,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__, metrics
@@ -21,8 +24,9 @@ from app.api import routers
 from app.api.deps import Kiq, Lifecycle
 from app.api.docs import install_docs
 from app.config import Settings, get_settings
-from app.errors import AppError, describe_errors
+from app.errors import AppError, ClientDisconnectedError, describe_errors
 from app.logs import configure_logging
+from app.redact import redact
 from app.registry import TaskCatalog
 
 logger = logging.getLogger("kiqstack.api")
@@ -30,6 +34,8 @@ logger = logging.getLogger("kiqstack.api")
 
 def import_task_modules(settings: Settings) -> None:
     """Import ``TASK_MODULES`` so their tasks are registered on the shared broker.
+
+    The built-in ``kiqstack.*`` tasks are registered whatever ``TASK_MODULES`` says.
 
     :param settings: kiqstack settings.
     """
@@ -77,10 +83,40 @@ class HTTPMetricsMiddleware:
             series[1].observe(time.perf_counter() - started)
 
 
-async def _app_error(_: Request, exc: Exception) -> JSONResponse:
+async def _app_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)  # noqa: S101
+    if isinstance(exc, ClientDisconnectedError):
+        # Nobody reads this answer; it is counted as 499 in the metrics, with one log line.
+        logger.info(
+            "client went away before its request was read (499): %s %s",
+            request.method,
+            request.url.path,
+        )
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+    return JSONResponse(
+        {"detail": redact(exc.detail)}, status_code=exc.status_code, headers=headers
+    )
+
+
+def _slash_twin(request: Request) -> str | None:
+    """The path with its trailing slash added or removed, when a route serves that one."""
+    path: str = request.scope["path"]
+    twin = path.rstrip("/") if path.endswith("/") else f"{path}/"
+    if not twin.startswith("/") or twin.startswith(("//", "/\\")):
+        return None
+    scope = {**request.scope, "path": twin}
+    if any(route.matches(scope)[0] is not Match.NONE for route in request.app.router.routes):
+        return twin
+    return None
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)  # noqa: S101
+    if exc.status_code == 404 and (twin := _slash_twin(request)) is not None:
+        # A relative Location: never built from the Host header (no open redirect).
+        query = request.scope.get("query_string", b"").decode("latin-1")
+        return RedirectResponse(f"{twin}?{query}" if query else twin, status_code=307)
+    return await http_exception_handler(request, exc)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -95,11 +131,18 @@ async def _redis_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    lifecycle: Lifecycle | None = None,
+    *,
+    metrics_port: int | None = None,
+) -> FastAPI:
     """Build the API.
 
     :param settings: settings to use (default: read from the environment).
     :param lifecycle: shared draining state (the server runner flips it on SIGTERM).
+    :param metrics_port: serve ``/metrics``, ``/livez`` and ``/readyz`` on this port while the app
+        runs (the server does; tests in-process do not).
     :return: the FastAPI application.
     """
     settings = settings or get_settings()
@@ -111,17 +154,25 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if not broker.is_worker_process:
-            await broker.startup()
-            lifecycle.broker_started = True
-        logger.info("kiqstack API %s ready on port %d", __version__, settings.port)
+        probes = None
+        if metrics_port is not None:
+            from app.probes import ServerProbes
+
+            probes = ServerProbes(kiq, settings.host, metrics_port)
+            await probes.start()
         try:
+            if not broker.is_worker_process:
+                await broker.startup()
+                lifecycle.broker_started = True
+            logger.info("kiqstack API %s ready on port %d", __version__, settings.port)
             yield
         finally:
             lifecycle.draining = True
             if lifecycle.broker_started:
                 lifecycle.broker_started = False
                 await broker.shutdown()
+            if probes is not None:
+                await probes.stop()
 
     app = FastAPI(
         title="kiqstack",
@@ -131,10 +182,13 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
         lifespan=lifespan,
         docs_url=None,  # /docs and /redoc come from install_docs, with local assets (no CDN)
         redoc_url=None,
+        # Starlette's own redirect builds an absolute URL from the Host header: see _http_error.
+        redirect_slashes=False,
     )
     install_docs(app)
-    app.state.kiq = Kiq(settings, broker, TaskCatalog(broker), lifecycle)
+    kiq = app.state.kiq = Kiq(settings, broker, TaskCatalog(broker), lifecycle)
     app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(RedisError, _redis_error)
     app.add_middleware(HTTPMetricsMiddleware)
@@ -147,7 +201,7 @@ def app_factory() -> FastAPI:
     """Entry point for ``uvicorn --factory app.main:app_factory`` (reload mode)."""
     settings = get_settings()
     configure_logging(settings)
-    return create_app(settings)
+    return create_app(settings, metrics_port=settings.server_metrics_port)
 
 
 def __getattr__(name: str) -> Any:

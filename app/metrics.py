@@ -55,6 +55,19 @@ DISPATCH_ERRORS = Counter(
     ["task_name", "reason"],
     registry=API_REGISTRY,
 )
+IDEMPOTENT_REPLAYS = Counter(
+    "kiqstack_idempotent_replays",
+    "Dispatches answered with the task of an earlier request with the same Idempotency-Key.",
+    ["task_name"],
+    registry=API_REGISTRY,
+)
+HTTP_CONNECTIONS_CLOSED = Counter(
+    "kiqstack_http_connections_closed",
+    "API connections closed by the server's limits (header_timeout, body_timeout, "
+    "header_too_large, too_many_headers, max_connections).",
+    ["reason"],
+    registry=API_REGISTRY,
+)
 
 # -- worker ------------------------------------------------------------------------------------
 TASKS_RECEIVED = Counter(

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import inspect
+import types
 from dataclasses import dataclass
-from typing import Any, Literal, get_type_hints
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    create_model,
+)
 from taskiq import AsyncBroker, Context, TaskiqState
 from taskiq.decor import AsyncTaskiqDecoratedTask
 from taskiq_dependencies.dependency import Dependency
@@ -14,6 +23,40 @@ from taskiq_dependencies.dependency import Dependency
 from app.errors import TaskArgumentsError, TaskNotFoundError, describe_errors
 
 _INJECTED_TYPES = (Context, TaskiqState)
+
+# JSON has one number type and true/false: `true` or "7" is no int, but 2 is a float (2.0).
+_STRICT: dict[Any, Any] = {int: StrictInt, float: StrictFloat, bool: StrictBool}
+
+
+def strict_hint(hint: Any) -> Any:
+    """The hint with ``int``, ``float`` and ``bool`` made strict, also inside unions and containers.
+
+    ``int`` refuses ``true``, ``2.5`` and ``"7"``; ``float`` refuses ``true`` and ``"2.5"`` but
+    takes ``2``; ``bool`` refuses ``1`` and ``"true"``. Other types keep pydantic's lax rules.
+
+    :param hint: a parameter's type hint.
+    :return: the strict hint (the hint itself when nothing changes).
+    """
+    try:
+        if hint in _STRICT:
+            return _STRICT[hint]
+    except TypeError:  # unhashable hint
+        return hint
+    origin, args = get_origin(hint), get_args(hint)
+    if not args or origin is Literal:
+        return hint
+    try:
+        if origin is Annotated:
+            inner = strict_hint(args[0])
+            return hint if inner is args[0] else Annotated[(inner, *hint.__metadata__)]
+        strict_args = tuple(strict_hint(arg) for arg in args)
+        if all(new is old for new, old in zip(strict_args, args, strict=True)):
+            return hint
+        if origin in (Union, types.UnionType):
+            return Union[strict_args]  # noqa: UP007 - built from a tuple
+        return origin[strict_args] if len(strict_args) > 1 else origin[strict_args[0]]
+    except TypeError:  # a generic that cannot be rebuilt: keep it as it is
+        return hint
 
 
 @dataclass(frozen=True)
@@ -51,6 +94,10 @@ class TaskSpec:
 def _is_injected(param: inspect.Parameter, hint: Any) -> bool:
     if isinstance(param.default, Dependency):
         return True
+    if get_origin(hint) is Annotated:  # Annotated[Context, TaskiqDepends()]
+        if any(isinstance(meta, Dependency) for meta in hint.__metadata__):
+            return True
+        hint = get_args(hint)[0]
     return isinstance(hint, type) and issubclass(hint, _INJECTED_TYPES)
 
 
@@ -58,7 +105,7 @@ def _spec(name: str, task: AsyncTaskiqDecoratedTask[Any, Any]) -> TaskSpec:
     func = task.original_func
     full = inspect.signature(func)
     try:
-        hints = get_type_hints(func)
+        hints = get_type_hints(func, include_extras=True)
     except Exception:
         hints = {}
     params = []
@@ -75,7 +122,7 @@ def _spec(name: str, task: AsyncTaskiqDecoratedTask[Any, Any]) -> TaskSpec:
             extra = "allow"
             continue
         default = ... if param.default is inspect.Parameter.empty else param.default
-        fields[param.name] = (hint, default)
+        fields[param.name] = (strict_hint(hint), default)
     model = create_model(
         f"{name.rsplit(':', 1)[-1]}_arguments",
         __config__=ConfigDict(extra=extra, arbitrary_types_allowed=True),

@@ -13,6 +13,7 @@ import time
 from types import FrameType
 
 import uvicorn
+from uvicorn.supervisors import ChangeReload
 
 from app.api.deps import Lifecycle
 from app.config import Settings
@@ -66,31 +67,31 @@ class DrainingServer(uvicorn.Server):
 def run_server(settings: Settings) -> int:
     """Serve the API with uvicorn until SIGTERM.
 
+    The API is on ``PORT`` with the limits of :mod:`app.http_protocol`; ``/metrics``, ``/livez``
+    and ``/readyz`` are on :attr:`Settings.server_metrics_port` (``METRICS_PORT``, or
+    ``METRICS_PORT + 1`` with ``RUN_MODE=both``).
+
     :param settings: kiqstack settings.
     :return: exit code.
     """
     configure_logging(settings)
+    from app.http_protocol import edge_config
+
     if settings.reload:
-        uvicorn.run(
-            "app.main:app_factory",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            reload=True,
-            reload_dirs=["app"],
-            log_config=None,
+        # uvicorn.run(reload=True) with kiqstack's config: the reloader re-imports the factory.
+        config = edge_config(
+            settings, "app.main:app_factory", factory=True, reload=True, reload_dirs=["app"]
         )
+        sock = config.bind_socket()
+        ChangeReload(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
         return 0
     from app.main import create_app
 
     lifecycle = Lifecycle()
-    config = uvicorn.Config(
-        create_app(settings, lifecycle),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        proxy_headers=True,
+    app = create_app(settings, lifecycle, metrics_port=settings.server_metrics_port)
+    config = edge_config(
+        settings,
+        app,
         timeout_graceful_shutdown=max(5, int(settings.shutdown_delay_seconds) + 5),
     )
     server = DrainingServer(config, lifecycle, settings.shutdown_delay_seconds)
@@ -169,9 +170,11 @@ def run_both(settings: Settings) -> int:
     """
     configure_logging(settings)
     base = [sys.executable, "-m", "app"]
+    # RUN_MODE=both tells the server that METRICS_PORT is the worker's (it takes METRICS_PORT + 1).
+    env = {**os.environ, "RUN_MODE": "both"}
     children = {
-        "server": subprocess.Popen([*base, "server"]),  # noqa: S603 - our own interpreter
-        "worker": subprocess.Popen([*base, "worker"]),  # noqa: S603
+        "server": subprocess.Popen([*base, "server"], env=env),  # noqa: S603 - our interpreter
+        "worker": subprocess.Popen([*base, "worker"], env=env),  # noqa: S603
     }
     stopping = False
 

@@ -51,7 +51,7 @@ async def require_token(request: Request, kiq: KiqDep) -> None:
 
     :raises UnauthorizedError: on a missing or wrong token (the answer says no more than that).
     """
-    expected = kiq.settings.api_token
+    expected = kiq.settings.api_token_value
     if expected is None:
         return
     scheme, _, given = request.headers.get("authorization", "").partition(" ")

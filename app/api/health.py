@@ -1,13 +1,15 @@
-"""Probes and metrics: ``/livez`` (process only), ``/readyz`` (dependencies), ``/metrics``."""
+"""Probes: ``/livez`` (process only), ``/readyz`` (dependencies).
+
+Served on the API port and, with ``/metrics``, on the metrics port (:mod:`app.probes`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from app import metrics
 from app.api.deps import KiqDep
 
 router = APIRouter(tags=["health"])
@@ -37,10 +39,3 @@ async def readyz(kiq: KiqDep) -> JSONResponse:
         {"status": "ready" if ready else "not ready", "checks": checks},
         status_code=200 if ready else 503,
     )
-
-
-@router.get("/metrics")
-async def metrics_endpoint() -> Response:
-    """Prometheus metrics of this API process."""
-    body, content_type = metrics.api_exposition()
-    return Response(body, media_type=content_type)

@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
+import math
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from taskiq.exceptions import SendTaskError
+from starlette.requests import ClientDisconnect
 
-from app import metrics
+from app import idempotency
 from app.api.deps import KiqDep, require_token
 from app.broker import KiqBroker
+from app.dispatch import dispatch
 from app.errors import (
-    DispatchError,
+    ClientDisconnectedError,
     InvalidRequestError,
     PayloadTooLargeError,
     ResultNotFoundError,
+    UnsupportedMediaTypeError,
     describe_errors,
 )
-from app.registry import TaskSpec
 from app.schemas import (
     DispatchRequest,
     DispatchResponse,
@@ -40,25 +41,73 @@ router = APIRouter(
 MAX_WAIT_SECONDS = 60.0
 
 
+def _is_json(content_type: str) -> bool:
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+def check_content_type(request: Request) -> bool:
+    """Refuse a body declared as anything but JSON (HTML forms and ``text/plain`` fetches).
+
+    Browsers send those cross-site without asking first, so an open API must not act on them.
+
+    :return: whether a Content-Type was given (a body without one is refused once read).
+    :raises UnsupportedMediaTypeError: on a non-JSON Content-Type.
+    """
+    content_type = request.headers.get("content-type")
+    if content_type is None:
+        return False
+    if not _is_json(content_type):
+        media = content_type.partition(";")[0].strip()[:100]
+        raise UnsupportedMediaTypeError(
+            problem=f"Content-Type must be application/json, not {media!r}"
+        )
+    return True
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(size=int(declared), limit=limit)
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(size=size, limit=limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(size=size, limit=limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientDisconnectedError() from None
     return b"".join(chunks)
 
 
-def _parse_dispatch(body: bytes) -> DispatchRequest:
+def _non_finite(value: Any, where: str) -> str | None:
+    """The path of the first NaN or infinite number in parsed JSON (None when there is none)."""
+    stack: list[tuple[Any, str]] = [(value, where)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return path
+        elif isinstance(item, list):
+            stack.extend((v, f"{path}.{i}") for i, v in enumerate(item))
+        elif isinstance(item, dict):
+            stack.extend((v, f"{path}.{k}") for k, v in item.items())
+    return None
+
+
+def _parse_dispatch(body: bytes, typed: bool) -> DispatchRequest:
     if not body.strip():
         return DispatchRequest()
+    if not typed:
+        raise UnsupportedMediaTypeError(
+            problem="a request body needs Content-Type: application/json"
+        )
     try:
-        return DispatchRequest.model_validate_json(body)
+        request = DispatchRequest.model_validate_json(body)
     except ValidationError as exc:
         if exc.errors()[0]["type"] == "json_invalid":
             raise InvalidRequestError(
@@ -68,32 +117,12 @@ def _parse_dispatch(body: bytes) -> DispatchRequest:
         raise InvalidRequestError(
             problem=f'body must be {{"args": [...], "kwargs": {{...}}}}: {problems}'
         ) from None
-
-
-async def dispatch(
-    broker: KiqBroker, spec: TaskSpec, args: list[Any], kwargs: dict[str, Any]
-) -> str:
-    """Queue a task whose arguments were validated; record it so its status reads ``queued``.
-
-    :return: the task id.
-    :raises PayloadTooLargeError: when the message is over the size limit.
-    :raises DispatchError: when NATS did not take the message.
-    """
-    task_id = broker.id_generator()
-    kick = spec.task.kicker().with_task_id(task_id).kiq(*args, **kwargs)
-    record = broker.results.record_dispatch(task_id, spec.name)
-    outcomes = await asyncio.gather(kick, record, return_exceptions=True)
-    kick_error = outcomes[0]
-    if isinstance(kick_error, BaseException):
-        await asyncio.gather(broker.results.forget_dispatch(task_id), return_exceptions=True)
-        cause = kick_error.__cause__ if isinstance(kick_error, SendTaskError) else kick_error
-        if isinstance(cause, PayloadTooLargeError):
-            metrics.DISPATCH_ERRORS.labels(spec.name, "too_large").inc()
-            raise cause
-        metrics.DISPATCH_ERRORS.labels(spec.name, "broker").inc()
-        raise DispatchError(reason=f"{type(cause).__name__}: {cause}") from kick_error
-    metrics.TASKS_DISPATCHED.labels(spec.name).inc()
-    return task_id
+    where = _non_finite(request.args, "body.args") or _non_finite(request.kwargs, "body.kwargs")
+    if where is not None:
+        raise InvalidRequestError(
+            problem=f"{where}: NaN, Infinity and numbers too large for a float are not valid JSON"
+        )
+    return request
 
 
 def _status(task_id: str, task_name: str | None, raw: dict[str, Any] | None) -> TaskStatus:
@@ -140,7 +169,9 @@ async def list_tasks(kiq: KiqDep) -> list[TaskInfo]:
     responses={
         200: {"model": TaskStatus, "description": "finished within `wait` seconds"},
         404: {"model": ErrorResponse},
+        409: {"model": ErrorResponse},
         413: {"model": ErrorResponse},
+        415: {"model": ErrorResponse},
         422: {"model": ErrorResponse},
         503: {"model": ErrorResponse},
     },
@@ -153,7 +184,16 @@ async def list_tasks(kiq: KiqDep) -> list[TaskInfo]:
                 "description": "Seconds to wait for the result (0 to 60): 200 with the result "
                 "if it is ready in time, else 202.",
                 "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_SECONDS},
-            }
+            },
+            {
+                "name": idempotency.HEADER,
+                "in": "header",
+                "required": False,
+                "description": "Queue the task at most once per key: a retry with the same key "
+                "returns the first task (header `Idempotent-Replayed: true`). Same key with "
+                "another task or other arguments: 422.",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            },
         ],
         "requestBody": {
             "content": {"application/json": {"schema": DispatchRequest.model_json_schema()}}
@@ -163,23 +203,41 @@ async def list_tasks(kiq: KiqDep) -> list[TaskInfo]:
 async def dispatch_task(task_name: str, request: Request, kiq: KiqDep) -> JSONResponse:
     """Queue a task. Arguments are checked against its signature before anything is sent.
 
+    With an ``Idempotency-Key`` header, a retry with the same key returns the task the first
+    request queued (``Idempotent-Replayed: true``) instead of queueing another one.
+
     The hot path of the API: it takes the request itself and answers with a ready response,
     which keeps FastAPI's per-request parameter and response processing to a minimum.
     """
     wait = _wait_seconds(request.query_params.get("wait"))
+    typed = check_content_type(request)
+    key = request.headers.get(idempotency.HEADER)
+    if key is not None:
+        key = idempotency.check_key(key)
     spec = kiq.catalog.get(task_name)
-    body = _parse_dispatch(await _read_body(request, kiq.settings.max_payload_bytes))
+    body = _parse_dispatch(await _read_body(request, kiq.settings.max_payload_bytes), typed)
     spec.validate(body.args, body.kwargs)
-    task_id = await dispatch(kiq.broker, spec, body.args, body.kwargs)
+    headers: dict[str, str] = {}
+    if key is None:
+        task_id = await dispatch(kiq.broker, spec.task, body.args, body.kwargs)
+    else:
+        outcome = await idempotency.dispatch_once(
+            kiq.broker, spec.task, key, body.args, body.kwargs
+        )
+        task_id = outcome.task_id
+        if outcome.replayed:
+            headers[idempotency.REPLAYED_HEADER] = "true"
     if wait:
         raw = await _wait_for(kiq.broker, task_id, wait)
         if raw is not None:
-            return JSONResponse(_status(task_id, spec.name, raw).model_dump(mode="json"))
+            return JSONResponse(
+                _status(task_id, spec.name, raw).model_dump(mode="json"), headers=headers
+            )
     status_url = f"/tasks/{task_id}"
     return JSONResponse(
         {"task_id": task_id, "task_name": spec.name, "status_url": status_url},
         status_code=202,
-        headers={"Location": status_url},
+        headers={"Location": status_url, **headers},
     )
 
 
@@ -208,11 +266,12 @@ async def get_task(task_id: str, kiq: KiqDep) -> TaskStatus:
     return _status(task_id, task_name, raw)
 
 
-@router.post("/process", response_model=ProcessResponse)
-async def process_data(data: str, kiq: KiqDep) -> ProcessResponse:
+@router.post("/process", response_model=ProcessResponse, responses={415: {"model": ErrorResponse}})
+async def process_data(data: str, request: Request, kiq: KiqDep) -> ProcessResponse:
     """The seed's example: dispatch ``example_task`` for background processing."""
     from app.tasks.example import example_task
 
+    check_content_type(request)  # no HTML form may trigger it
     spec = kiq.catalog.get(example_task.task_name)
-    task_id = await dispatch(kiq.broker, spec, [data, len(data)], {})
+    task_id = await dispatch(kiq.broker, spec.task, [data, len(data)], {})
     return ProcessResponse(task_id=task_id)

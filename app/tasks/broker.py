@@ -14,6 +14,7 @@ from taskiq import TaskiqEvents
 from taskiq.decor import AsyncTaskiqDecoratedTask
 
 from app.broker import KiqBroker
+from app.tasks.builtin import register_builtin_tasks
 from app.worker import TaskMetricsMiddleware, on_worker_shutdown, on_worker_startup
 
 _P = ParamSpec("_P")
@@ -23,6 +24,7 @@ broker = KiqBroker().with_middlewares(TaskMetricsMiddleware())
 broker.state.kiqstack_broker = broker
 broker.add_event_handler(TaskiqEvents.WORKER_STARTUP, on_worker_startup)
 broker.add_event_handler(TaskiqEvents.WORKER_SHUTDOWN, on_worker_shutdown)
+register_builtin_tasks(broker)  # kiqstack.ping / kiqstack.echo, whatever TASK_MODULES says
 
 
 def register_task(

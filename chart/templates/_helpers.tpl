@@ -108,15 +108,6 @@ Call with (dict "ctx" $ "chart" "nats" "values" .Values.nats).
 {{- end }}
 
 {{/*
-NATS_URL of the subchart's client Service (port 4222 unless config.nats.port is changed).
-*/}}
-{{- define "kiqstack.nats.url" -}}
-{{- $port := 4222 }}
-{{- with .Values.nats.config }}{{ with .nats }}{{ with .port }}{{ $port = . }}{{ end }}{{ end }}{{ end }}
-{{- printf "nats://%s:%v" (include "kiqstack.nats.fullname" .) $port }}
-{{- end }}
-
-{{/*
 NATS monitoring endpoint for KEDA: the headless Service, so the scaler can reach the consumer
 leader of a clustered JetStream by pod name.
 */}}
@@ -130,81 +121,6 @@ leader of a clustered JetStream by pod name.
 {{- printf "%s-headless.%s.svc.cluster.local:%v" (include "kiqstack.nats.fullname" .) .Release.Namespace $port }}
 {{- else }}
 {{- .Values.externalNats.monitoringEndpoint }}
-{{- end }}
-{{- end }}
-
-{{/*
-REDIS_URL of the subchart's Service (without credentials).
-*/}}
-{{- define "kiqstack.valkey.host" -}}
-{{- $port := 6379 }}
-{{- with .Values.valkey.service }}{{ with .port }}{{ $port = . }}{{ end }}{{ end }}
-{{- printf "%s:%v" (include "kiqstack.valkey.fullname" .) $port }}
-{{- end }}
-
-{{- define "kiqstack.valkey.authEnabled" -}}
-{{- if and .Values.valkey.enabled .Values.valkey.auth .Values.valkey.auth.enabled }}true{{ end }}
-{{- end }}
-
-{{/*
-Where the Valkey "default" user's password lives: (dict "name" <secret> "key" <key>).
-*/}}
-{{- define "kiqstack.valkey.passwordSecret" -}}
-{{- $auth := .Values.valkey.auth }}
-{{- $default := dig "aclUsers" "default" dict $auth }}
-{{- if $auth.usersExistingSecret }}
-{{- dict "name" (tpl $auth.usersExistingSecret .) "key" (default "default" $default.passwordKey) | toJson }}
-{{- else }}
-{{- dict "name" (printf "%s-auth" (include "kiqstack.valkey.fullname" .)) "key" "default-password" | toJson }}
-{{- end }}
-{{- end }}
-
-{{/*
-The chart's own Secret (API token and external URLs) is rendered when it has content.
-*/}}
-{{- define "kiqstack.secretName" -}}
-{{- include "kiqstack.fullname" . }}
-{{- end }}
-
-{{- define "kiqstack.createSecret" -}}
-{{- if or .Values.apiToken (and (not .Values.nats.enabled) .Values.externalNats.url) (and (not .Values.valkey.enabled) .Values.externalRedis.url) }}true{{ end }}
-{{- end }}
-
-{{/*
-Environment entries shared by both components (beyond the ConfigMap and the chart Secret):
-URLs from existing Secrets, the API token from an existing Secret, the Valkey password.
-*/}}
-{{- define "kiqstack.sharedEnv" -}}
-{{- if and (not .Values.nats.enabled) .Values.externalNats.existingSecret }}
-- name: NATS_URL
-  valueFrom:
-    secretKeyRef:
-      name: {{ .Values.externalNats.existingSecret }}
-      key: {{ .Values.externalNats.existingSecretKey }}
-{{- end }}
-{{- if and (not .Values.valkey.enabled) .Values.externalRedis.existingSecret }}
-- name: REDIS_URL
-  valueFrom:
-    secretKeyRef:
-      name: {{ .Values.externalRedis.existingSecret }}
-      key: {{ .Values.externalRedis.existingSecretKey }}
-{{- end }}
-{{- if include "kiqstack.valkey.authEnabled" . }}
-{{- $ref := include "kiqstack.valkey.passwordSecret" . | fromJson }}
-- name: REDIS_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ $ref.name }}
-      key: {{ $ref.key }}
-- name: REDIS_URL
-  value: {{ printf "redis://default:$(REDIS_PASSWORD)@%s/0" (include "kiqstack.valkey.host" .) | quote }}
-{{- end }}
-{{- if .Values.existingSecret }}
-- name: API_TOKEN
-  valueFrom:
-    secretKeyRef:
-      name: {{ .Values.existingSecret }}
-      key: {{ .Values.existingSecretKey }}
 {{- end }}
 {{- end }}
 
@@ -258,14 +174,17 @@ Call with (dict "ctx" $ "api" "keda.sh/v1alpha1/ScaledObject" "feature" "worker.
 {{- end }}
 
 {{/*
-Pod-template annotations shared by both components.
+Pod-template annotations shared by both components. checksum/secret: see "kiqstack.secretChecksum".
+Call with (dict "ctx" $ "annotations" .Values.server.podAnnotations).
 */}}
 {{- define "kiqstack.podAnnotations" -}}
 checksum/config: {{ include (print .ctx.Template.BasePath "/configmap.yaml") .ctx | sha256sum }}
-checksum/secret: {{ include (print .ctx.Template.BasePath "/secret.yaml") .ctx | sha256sum }}
+{{- if include "kiqstack.createSecret" .ctx }}
+checksum/secret: {{ include "kiqstack.secretChecksum" .ctx }}
+{{- end }}
 {{- if .ctx.Values.metrics.scrapeAnnotations }}
 prometheus.io/scrape: "true"
-prometheus.io/port: {{ .port | quote }}
+prometheus.io/port: {{ .ctx.Values.config.metricsPort | quote }}
 prometheus.io/path: /metrics
 {{- end }}
 {{- with .annotations }}
@@ -323,14 +242,10 @@ imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
 envFrom:
   - configMapRef:
       name: {{ include "kiqstack.fullname" $ctx }}
-  {{- if include "kiqstack.createSecret" $ctx }}
-  - secretRef:
-      name: {{ include "kiqstack.secretName" $ctx }}
-  {{- end }}
 env:
   - name: RUN_MODE
     value: {{ .runMode | quote }}
-  {{- with (include "kiqstack.sharedEnv" $ctx | trim) }}
+  {{- with (include "kiqstack.secretEnv" $ctx | trim) }}
   {{- . | nindent 2 }}
   {{- end }}
   {{- with .values.extraEnv }}

@@ -33,6 +33,17 @@ always renders, so every install, upgrade and template run goes through them.
 {{- if and $v.apiToken $v.existingSecret }}
 {{- fail "set either apiToken or existingSecret (for API_TOKEN), not both" }}
 {{- end }}
+{{- /* An API published by an Ingress needs a token, or an explicit opt-out */}}
+{{- if and $v.server.enabled $v.server.ingress.enabled (not (include "kiqstack.hasApiToken" .)) (not $v.server.ingress.allowUnauthenticated) }}
+{{- fail "server.ingress.enabled=true publishes the API, but no API token is set (apiToken or existingSecret): anyone who reaches the Ingress could run tasks. Set apiToken or existingSecret, or set server.ingress.allowUnauthenticated=true if something in front of the Ingress authenticates the clients" }}
+{{- end }}
+{{- /* NetworkPolicy fences for NATS/Redis outside the chart */}}
+{{- if and $v.nats.enabled (dig "externalNats" "podSelector" dict $v.networkPolicy) }}
+{{- fail "networkPolicy.externalNats.podSelector is for a NATS run outside this chart: set nats.enabled=false (the subchart's pods get their policy anyway)" }}
+{{- end }}
+{{- if and $v.valkey.enabled (dig "externalRedis" "podSelector" dict $v.networkPolicy) }}
+{{- fail "networkPolicy.externalRedis.podSelector is for a Redis run outside this chart: set valkey.enabled=false (the subchart's pods get their policy anyway)" }}
+{{- end }}
 {{- /* Components */}}
 {{- if not (or $v.server.enabled $v.worker.enabled) }}
 {{- fail "server.enabled and worker.enabled are both false: nothing to deploy" }}

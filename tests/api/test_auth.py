@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from pydantic import SecretStr
 
 from app.config import Settings
 from app.main import create_app
@@ -14,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def secured(settings: Settings):
-    app = create_app(settings.model_copy(update={"api_token": "s3cret-token"}))
+    app = create_app(settings.model_copy(update={"api_token": SecretStr("s3cret-token")}))
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://kiqstack") as http:
@@ -44,7 +45,11 @@ async def test_right_token_is_accepted(secured: httpx.AsyncClient) -> None:
 async def test_probes_stay_open(secured: httpx.AsyncClient) -> None:
     assert (await secured.get("/livez")).status_code == 200
     assert (await secured.get("/readyz")).status_code == 200
-    assert (await secured.get("/metrics")).status_code == 200
+
+
+async def test_metrics_are_not_on_the_api_port(secured: httpx.AsyncClient) -> None:
+    # /metrics lives on METRICS_PORT only (tests/integration/test_http_edge.py)
+    assert (await secured.get("/metrics")).status_code == 404
 
 
 async def test_no_token_means_open(client: httpx.AsyncClient) -> None:

@@ -9,6 +9,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from app import metrics
 from app.config import Settings
 from tests.support.stack import Stack, metric_value
 
@@ -184,7 +185,7 @@ async def test_probes_and_metrics(client: httpx.AsyncClient, worker, settings: S
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"nats": "ok", "redis": "ok"}
     await client.post(f"/tasks/{ADD}?wait=20", json={"args": [1, 1]})
-    page = (await client.get("/metrics")).text
+    page = metrics.api_exposition()[0].decode()  # served on METRICS_PORT by a real server
     assert metric_value(page, "kiqstack_tasks_dispatched_total", task_name=ADD) >= 1
     assert (
         metric_value(page, "kiqstack_http_requests_total", route="/tasks/{task_name}", status="200")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,17 @@ from helm_python import _native
 
 CHART_DIR = Path(__file__).resolve().parents[2] / "chart"
 
-# Upstream fullname logic (nats-io/k8s helm/charts/nats/templates/_helpers.tpl "nats.fullname",
-# valkey-io/valkey-helm valkey/templates/_helpers.tpl "valkey.fullname").
-_FULLNAME_TPL = """{{- define "standin.fullname" -}}
+# The stand-ins mimic, for the keys kiqstack relies on, these upstream files:
+#   nats-io/k8s 957650f helm/charts/nats (2.14.2): templates/_helpers.tpl ("nats.fullname",
+#     "nats.selectorLabels", "nats.env"), templates/_tplYaml.tpl ($tplYaml values, "Templating
+#     Values" in its README), files/config-map.yaml + "nats.formatConfig" (config.merge, with
+#     "<< $VAR >>" unquoted into a NATS variable), files/stateful-set/nats-container.yaml (env),
+#     templates/service.yaml, templates/headless-service.yaml;
+#   valkey-io/valkey-helm 0.11.0 valkey/: templates/_helpers.tpl ("valkey.fullname",
+#     "valkey.selectorLabels", "valkey.validateAuthConfig"), templates/deploy_valkey.yaml (pod
+#     labels, REDIS_PASSWORD and the users Secret volume from a templated usersExistingSecret),
+#     templates/service.yaml.
+_FULLNAME_TPL = """{{- define "%(chart)s.fullname" -}}
 {{- if .Values.fullnameOverride }}
 {{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
 {{- else }}
@@ -32,7 +41,7 @@ _FULLNAME_TPL = """{{- define "standin.fullname" -}}
 {{- if contains $name .Release.Name }}
 {{- .Release.Name | trunc 63 | trimSuffix "-" }}
 {{- else }}
-{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- printf "%%s-%%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -41,16 +50,184 @@ _FULLNAME_TPL = """{{- define "standin.fullname" -}}
 _SERVICE_TPL = """apiVersion: v1
 kind: Service
 metadata:
-  name: {{ include "standin.fullname" . }}%(suffix)s
+  name: {{ include "%(chart)s.fullname" . }}%(suffix)s
   labels:
-    app.kubernetes.io/name: {{ default .Chart.Name .Values.nameOverride }}
-    app.kubernetes.io/instance: {{ .Release.Name }}
+    {{- include "%(chart)s.selectorLabels" . | nindent 4 }}
 spec:
   %(extra)sselector:
-    app.kubernetes.io/name: {{ default .Chart.Name .Values.nameOverride }}
-    app.kubernetes.io/instance: {{ .Release.Name }}
+    {{- include "%(chart)s.selectorLabels" . | nindent 4 }}
   ports:
 %(ports)s
+"""
+
+_NATS_HELPERS = """{{- define "nats.selectorLabels" -}}
+app.kubernetes.io/name: {{ default .Chart.Name .Values.nameOverride }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: nats
+{{- end }}
+
+{{- /* $tplYaml: a map {"$tplYaml": tpl} anywhere in the values is replaced by tpl, templated in
+the chart's context and parsed as YAML. Input (dict "ctx" $ "value" x), output {"v": resolved}. */}}
+{{- define "standin.nats.tplYaml" -}}
+{{- $v := .value }}
+{{- if and (kindIs "map" $v) (eq (len $v) 1) (hasKey $v "$tplYaml") }}
+{{- $res := tpl (get $v "$tplYaml") .ctx }}
+{{- $v = get (fromYaml (printf "tpl:%s" (nindent 2 $res))) "tpl" }}
+{{- else if kindIs "map" $v }}
+{{- $out := dict }}
+{{- range $key, $item := $v }}
+{{- $r := include "standin.nats.tplYaml" (dict "ctx" $.ctx "value" $item) | fromJson }}
+{{- $_ := set $out $key (get $r "v") }}
+{{- end }}
+{{- $v = $out }}
+{{- else if kindIs "slice" $v }}
+{{- $out := list }}
+{{- range $v }}
+{{- $r := include "standin.nats.tplYaml" (dict "ctx" $.ctx "value" .) | fromJson }}
+{{- $out = append $out (get $r "v") }}
+{{- end }}
+{{- $v = $out }}
+{{- end }}
+{{- dict "v" $v | toJson }}
+{{- end }}
+
+{{- define "standin.nats.values" -}}
+{{- get (include "standin.nats.tplYaml" (dict "ctx" . "value" .Values) | fromJson) "v" | toJson }}
+{{- end }}
+
+{{- /* nats.env: a map of name -> string value or EnvVar fields, as a list of EnvVar */}}
+{{- define "nats.env" -}}
+{{- range $k, $v := . }}
+{{- if kindIs "string" $v }}
+- name: {{ $k | quote }}
+  value: {{ $v | quote }}
+{{- else if kindIs "map" $v }}
+- {{ merge (dict "name" $k) $v | toYaml | nindent 2 }}
+{{- else }}
+{{- fail (cat "env var" $k "must be string or map, got" (kindOf $v)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+"""
+
+_NATS_CONFIGMAP = """{{- $values := include "standin.nats.values" . | fromJson }}
+{{- $config := dict "port" $values.config.nats.port }}
+{{- if $values.config.monitor.enabled }}
+{{- $_ := set $config "http_port" $values.config.monitor.port }}
+{{- end }}
+{{- $config = mergeOverwrite $config (deepCopy ($values.config.merge | default dict)) }}
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ include "nats.fullname" . }}-config
+  labels:
+    {{- include "nats.selectorLabels" . | nindent 4 }}
+data:
+  nats.conf: {{ regexReplaceAll "\\"<<\\\\s+(.*?)\\\\s+>>\\"" (toRawJson $config) "${1}" | quote }}
+"""
+
+_NATS_STATEFULSET = """{{- $values := include "standin.nats.values" . | fromJson }}
+apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: {{ include "nats.fullname" . }}
+  labels:
+    {{- include "nats.selectorLabels" . | nindent 4 }}
+spec:
+  serviceName: {{ include "nats.fullname" . }}-headless
+  selector:
+    matchLabels:
+      {{- include "nats.selectorLabels" . | nindent 6 }}
+  template:
+    metadata:
+      labels:
+        {{- include "nats.selectorLabels" . | nindent 8 }}
+    spec:
+      containers:
+        - name: nats
+          image: nats:2.14.2-alpine
+          args: ["--config", "/etc/nats-config/nats.conf"]
+          ports:
+            - {name: nats, containerPort: {{ $values.config.nats.port }}}
+            - {name: monitor, containerPort: {{ $values.config.monitor.port }}}
+          {{- with $values.container.env }}
+          env:
+            {{- include "nats.env" . | nindent 12 }}
+          {{- end }}
+"""
+
+_VALKEY_HELPERS = """{{- define "valkey.selectorLabels" -}}
+app.kubernetes.io/name: {{ default .Chart.Name .Values.nameOverride }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "standin.valkey.validateAuthConfig" -}}
+{{- if .Values.auth.enabled }}
+  {{- if not (or .Values.auth.aclUsers .Values.auth.aclConfig) }}
+    {{- fail "auth.enabled is true but no authentication method is configured" }}
+  {{- end }}
+  {{- if .Values.auth.aclUsers }}
+    {{- if not (hasKey .Values.auth.aclUsers "default") }}
+      {{- fail "The 'default' user must be defined in auth.aclUsers" }}
+    {{- end }}
+    {{- range $username, $user := .Values.auth.aclUsers }}
+      {{- if not $user.permissions }}
+        {{- fail (printf "User '%s' in auth.aclUsers must have a 'permissions' field" $username) }}
+      {{- end }}
+      {{- if not (or $user.password $.Values.auth.usersExistingSecret) }}
+        {{- $msg := "User '%s' must have either 'password' field or auth.usersExistingSecret" }}
+        {{- fail (printf $msg $username) }}
+      {{- end }}
+    {{- end }}
+  {{- end }}
+{{- end }}
+{{- end }}
+"""
+
+_VALKEY_DEPLOYMENT = """{{- include "standin.valkey.validateAuthConfig" . }}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ include "valkey.fullname" . }}
+  labels:
+    {{- include "valkey.selectorLabels" . | nindent 4 }}
+spec:
+  replicas: 1
+  strategy:
+    type: {{ .Values.deploymentStrategy }}
+  selector:
+    matchLabels:
+      {{- include "valkey.selectorLabels" . | nindent 6 }}
+  template:
+    metadata:
+      labels:
+        {{- include "valkey.selectorLabels" . | nindent 8 }}
+    spec:
+      containers:
+        - name: {{ include "valkey.fullname" . }}
+          image: valkey/valkey:9.1.1
+          ports:
+            - {name: tcp, containerPort: {{ .Values.service.port }}}
+          {{- if .Values.auth.enabled }}
+          env:
+            - name: REDIS_PASSWORD
+              valueFrom:
+                secretKeyRef:
+                  {{- if .Values.auth.usersExistingSecret }}
+                  {{- $defaultUser := index .Values.auth.aclUsers "default" | default dict }}
+                  name: {{ tpl .Values.auth.usersExistingSecret . }}
+                  key: {{ $defaultUser.passwordKey | default "default" }}
+                  {{- else }}
+                  name: {{ include "valkey.fullname" . }}-auth
+                  key: default-password
+                  {{- end }}
+          {{- end }}
+      {{- if and .Values.auth.enabled .Values.auth.usersExistingSecret }}
+      volumes:
+        - name: valkey-users-secret
+          secret:
+            secretName: {{ tpl .Values.auth.usersExistingSecret . }}
+      {{- end }}
 """
 
 STANDINS: dict[str, dict[str, Any]] = {
@@ -62,10 +239,14 @@ STANDINS: dict[str, dict[str, Any]] = {
             "nameOverride": None,
             "fullnameOverride": None,
             "config": {
-                "cluster": {"enabled": False, "replicas": 3},
+                "cluster": {"enabled": False, "replicas": 3, "port": 6222},
                 "jetstream": {"enabled": False},
                 "monitor": {"enabled": True, "port": 8222},
+                "nats": {"port": 4222},
+                "merge": {},
             },
+            "container": {"env": {}},
+            "promExporter": {"enabled": False, "port": 7777},
             "natsBox": {"enabled": True},
         },
         "services": {
@@ -74,6 +255,11 @@ STANDINS: dict[str, dict[str, Any]] = {
                 "clusterIP: None\n  ",
                 "    - {name: nats, port: 4222}\n    - {name: monitor, port: 8222}",
             ),
+        },
+        "templates": {
+            "_helpers.tpl": _NATS_HELPERS,
+            "config-map.yaml": _NATS_CONFIGMAP,
+            "stateful-set.yaml": _NATS_STATEFULSET,
         },
     },
     "valkey": {
@@ -84,10 +270,15 @@ STANDINS: dict[str, dict[str, Any]] = {
             "fullnameOverride": "",
             "deploymentStrategy": "RollingUpdate",
             "dataStorage": {"enabled": False},
-            "auth": {"enabled": False, "usersExistingSecret": "", "aclUsers": {}},
+            "auth": {"enabled": False, "usersExistingSecret": "", "aclUsers": {}, "aclConfig": ""},
             "service": {"port": 6379},
+            "metrics": {"enabled": False, "exporter": {"port": 9121}},
         },
         "services": {"": ("", "    - {name: tcp, port: 6379}")},
+        "templates": {
+            "_helpers.tpl": _VALKEY_HELPERS,
+            "deploy_valkey.yaml": _VALKEY_DEPLOYMENT,
+        },
     },
 }
 
@@ -107,11 +298,13 @@ def write_standin(charts_dir: Path, name: str, spec: dict[str, Any]) -> None:
         )
     )
     (root / "values.yaml").write_text(yaml.safe_dump(spec["values"]))
-    (root / "templates" / "_helpers.tpl").write_text(_FULLNAME_TPL)
+    (root / "templates" / "_fullname.tpl").write_text(_FULLNAME_TPL % {"chart": name})
+    for fname, text in spec["templates"].items():
+        (root / "templates" / fname).write_text(text)
     for suffix, (extra, ports) in spec["services"].items():
         fname = f"service{suffix or '-client'}.yaml"
         (root / "templates" / fname).write_text(
-            _SERVICE_TPL % {"suffix": suffix, "extra": extra, "ports": ports}
+            _SERVICE_TPL % {"chart": name, "suffix": suffix, "extra": extra, "ports": ports}
         )
 
 
@@ -210,6 +403,40 @@ def render(
             )
             manifests = json.loads(raw)
     return Rendered(manifests)
+
+
+# Every lookup of the chart goes through this helper (test_chart_secrets checks it).
+LOOKUP_HELPER = "kiqstack.lookupSecretData"
+# Helm parses the templates of one chart in reverse lexical order of their paths and a later
+# "define" of a name wins: a file named "_0..." is parsed after "_secrets.tpl" and replaces it.
+_LOOKUP_STUB = """{{- define "%s" -}}
+{{- $cluster := `%s` | fromJson }}
+{{- get $cluster (printf "%%s/%%s" .ctx.Release.Namespace .name) | default dict | toJson }}
+{{- end }}
+"""
+
+
+def render_upgrade(
+    chart: Path, values: dict[str, Any] | None, previous: Rendered, **kwargs: Any
+) -> Rendered:
+    """Render like ``helm upgrade`` of a release installed as ``previous``.
+
+    Offline, Helm's ``lookup`` finds nothing, so the upgrade path of the templates (keep what the
+    cluster holds) can only be exercised by answering the lookups ourselves: a copy of ``chart``
+    gets a template that redefines the chart's one lookup helper to return the data of the
+    Secrets ``previous`` rendered (as the cluster would hold them after the install).
+    """
+    namespace = kwargs.get("namespace", "apps")
+    cluster = {
+        f"{namespace}/{o['metadata']['name']}": o.get("data", {}) for o in previous.find("Secret")
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / chart.name
+        shutil.copytree(chart, copy)
+        (copy / "templates" / "_0_lookup_stub.tpl").write_text(
+            _LOOKUP_STUB % (LOOKUP_HELPER, json.dumps(cluster))
+        )
+        return render(copy, values, **kwargs)
 
 
 def render_objects(

@@ -7,18 +7,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from chartlib import CHART_DIR, STANDINS, Rendered, render, write_standin
+from chartlib import Rendered, copy_chart, render
+from scenarios import SCENARIOS
 
 
 @pytest.fixture(scope="session")
 def chart_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A copy of chart/ with stand-in nats and valkey charts under charts/."""
     base = tmp_path_factory.mktemp("chart")
-    dest = base / "kiqstack"
-    shutil.copytree(CHART_DIR, dest, ignore=shutil.ignore_patterns("charts", "*.tgz"))
-    for name, spec in STANDINS.items():
-        write_standin(dest / "charts", name, spec)
-    yield dest
+    yield copy_chart(base / "kiqstack")
     shutil.rmtree(base, ignore_errors=True)
 
 
@@ -31,3 +28,12 @@ def chart(chart_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def defaults(chart: Path) -> Rendered:
     return render(chart)
+
+
+@pytest.fixture(scope="session")
+def rendered(chart: Path) -> dict[str, Rendered]:
+    """Every scenario of scenarios.SCENARIOS, rendered once."""
+    return {
+        name: render(chart, values, name=release, api_versions=apis)
+        for name, (values, release, apis) in SCENARIOS.items()
+    }

@@ -116,6 +116,7 @@ def test_readme_is_up_to_date() -> None:
         "## External NATS and Redis",
         "## Worker autoscaling",
         "## Metrics",
+        "## Security",
     ):
         assert section in readme
     assert "helm repo add nats https://nats-io.github.io/k8s/helm/charts/" in readme

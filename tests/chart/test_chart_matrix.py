@@ -19,100 +19,9 @@ from chartlib import (
     validate_objects,
     validate_schema,
 )
+from scenarios import SCENARIOS
 
 pytestmark = pytest.mark.chart
-
-EXTERNAL_URLS = {
-    "nats": {"enabled": False},
-    "valkey": {"enabled": False},
-    "externalNats": {"url": "nats://user:pw@nats.messaging:4222"},
-    "externalRedis": {"url": "rediss://:pw@redis.cache:6380/1"},
-}
-EXTERNAL_SECRETS = {
-    "nats": {"enabled": False},
-    "valkey": {"enabled": False},
-    "externalNats": {"existingSecret": "nats-conn", "monitoringEndpoint": "nats.messaging:8222"},
-    "externalRedis": {"existingSecret": "redis-conn", "existingSecretKey": "url"},
-    "existingSecret": "api-token",
-    "worker": {"autoscaling": {"mode": "keda"}},
-}
-EVERYTHING = {
-    "server": {
-        "ingress": {
-            "enabled": True,
-            "className": "nginx",
-            "tls": [{"secretName": "tls", "hosts": ["kiqstack.local"]}],
-        }
-    },
-    "networkPolicy": {
-        "enabled": True,
-        "metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
-    },
-    "metrics": {
-        "scrapeAnnotations": True,
-        "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
-        "podMonitor": {"enabled": True},
-        "prometheusRule": {"enabled": True},
-        "grafanaDashboard": {"enabled": True},
-    },
-    "apiToken": "s3cret",
-}
-
-SCENARIOS: dict[str, tuple[dict[str, Any], str, list[str] | None]] = {
-    # name: (values, release name, api versions)
-    "defaults": ({}, "demo", None),
-    "hpa-memory": (
-        {"worker": {"autoscaling": {"targetMemoryUtilizationPercentage": 80}}},
-        "demo",
-        None,
-    ),
-    "keda": ({"worker": {"autoscaling": {"mode": "keda", "minReplicas": 0}}}, "demo", [KEDA_API]),
-    "keda-skip-check": (
-        {"worker": {"autoscaling": {"mode": "keda"}}, "skipApiChecks": True},
-        "demo",
-        None,
-    ),
-    "none": ({"worker": {"autoscaling": {"mode": "none"}, "replicas": 3}}, "demo", None),
-    "external-urls": (EXTERNAL_URLS, "demo", None),
-    "external-secrets": (EXTERNAL_SECRETS, "demo", [KEDA_API]),
-    "everything": (EVERYTHING, "demo", ALL_APIS),
-    "release-contains-nats": ({}, "my-nats", None),
-    "release-contains-kiqstack": ({}, "kiqstack", None),
-    "release-contains-valkey": ({"networkPolicy": {"enabled": True}}, "valkey-prod", None),
-    "overrides": (
-        {"fullnameOverride": "tasks", "nats": {"fullnameOverride": "queue"}},
-        "demo",
-        None,
-    ),
-    "valkey-auth": (
-        {
-            "valkey": {
-                "auth": {
-                    "enabled": True,
-                    "usersExistingSecret": "{{ .Release.Name }}-users",
-                    "aclUsers": {"default": {"permissions": "~* &* +@all", "passwordKey": "pw"}},
-                }
-            }
-        },
-        "demo",
-        None,
-    ),
-    "server-only": ({"worker": {"enabled": False}}, "demo", None),
-    "worker-only": ({"server": {"enabled": False}}, "demo", None),
-    "dev-overrides": (
-        {"config": {"reload": True}, "securityContext": {"readOnlyRootFilesystem": False}},
-        "demo",
-        None,
-    ),
-}
-
-
-@pytest.fixture(scope="module")
-def rendered(chart: Path) -> dict[str, Rendered]:
-    return {
-        name: render(chart, values, name=release, api_versions=apis)
-        for name, (values, release, apis) in SCENARIOS.items()
-    }
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
@@ -124,24 +33,24 @@ def _fullname(release: str) -> str:
     return release if "kiqstack" in release else f"{release}-kiqstack"
 
 
+def _url_host(r: Rendered, deployment: str, name: str) -> str:
+    """Host:port of NATS_URL/REDIS_URL in a Deployment's env (after the credentials)."""
+    value: str = env_map(r.get("Deployment", deployment))[name]["value"]
+    return value.rsplit("@", 1)[1].removesuffix("/0")
+
+
 def test_release_name_rules(rendered: dict[str, Rendered]) -> None:
     r = rendered["release-contains-nats"]
-    assert r.get("ConfigMap", "my-nats-kiqstack")["data"]["NATS_URL"] == "nats://my-nats:4222"
-    assert (
-        r.get("ConfigMap", "my-nats-kiqstack")["data"]["REDIS_URL"]
-        == "redis://my-nats-valkey:6379/0"
-    )
+    assert _url_host(r, "my-nats-kiqstack-worker", "NATS_URL") == "my-nats:4222"
+    assert _url_host(r, "my-nats-kiqstack-worker", "REDIS_URL") == "my-nats-valkey:6379"
     r.get("Service", "my-nats")
     r.get("Service", "my-nats-headless")
     r = rendered["release-contains-kiqstack"]
     r.get("Deployment", "kiqstack-server")
     r.get("Service", "kiqstack-server")  # what skaffold port-forwards and the e2e expects
-    assert r.get("ConfigMap", "kiqstack")["data"]["NATS_URL"] == "nats://kiqstack-nats:4222"
+    assert _url_host(r, "kiqstack-server", "NATS_URL") == "kiqstack-nats:4222"
     r = rendered["release-contains-valkey"]
-    assert (
-        r.get("ConfigMap", "valkey-prod-kiqstack")["data"]["REDIS_URL"]
-        == "redis://valkey-prod:6379/0"
-    )
+    assert _url_host(r, "valkey-prod-kiqstack-server", "REDIS_URL") == "valkey-prod:6379"
     r.get("Service", "valkey-prod")
     np = r.get("NetworkPolicy", "valkey-prod-kiqstack-valkey")
     assert np["spec"]["podSelector"]["matchLabels"] == {
@@ -150,7 +59,7 @@ def test_release_name_rules(rendered: dict[str, Rendered]) -> None:
     }
     r = rendered["overrides"]
     r.get("Deployment", "tasks-worker")
-    assert r.get("ConfigMap", "tasks")["data"]["NATS_URL"] == "nats://queue:4222"
+    assert _url_host(r, "tasks-worker", "NATS_URL") == "queue:4222"
     r.get("Service", "queue")
 
 
@@ -220,13 +129,21 @@ def test_external_urls_in_secret(rendered: dict[str, Rendered]) -> None:
     assert "REDIS_URL" not in data
     secret = r.get("Secret", "demo-kiqstack")
     decoded = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert decoded.pop("checksum-salt")
     assert decoded == {
         "NATS_URL": "nats://user:pw@nats.messaging:4222",
         "REDIS_URL": "rediss://:pw@redis.cache:6380/1",
     }
+    assert not r.find("Secret", "demo-nats-auth")
+    assert not r.find("Secret", "demo-valkey-users")
     for component in ("server", "worker"):
-        c = container(r.get("Deployment", f"demo-kiqstack-{component}"))
-        assert {"secretRef": {"name": "demo-kiqstack"}} in c["envFrom"]
+        dep = r.get("Deployment", f"demo-kiqstack-{component}")
+        # one key at a time: the salt is not exported into the environment
+        assert container(dep)["envFrom"] == [{"configMapRef": {"name": "demo-kiqstack"}}]
+        env = env_map(dep)
+        for name in ("NATS_URL", "REDIS_URL"):
+            ref = {"name": "demo-kiqstack", "key": name}
+            assert env[name]["valueFrom"]["secretKeyRef"] == ref
 
 
 def test_external_existing_secrets(rendered: dict[str, Rendered]) -> None:
@@ -274,10 +191,19 @@ def test_valkey_auth_builds_url_from_password(rendered: dict[str, Rendered]) -> 
     assert "REDIS_URL" not in r.get("ConfigMap", "demo-kiqstack")["data"]
     entries = container(r.get("Deployment", "demo-kiqstack-worker"))["env"]
     names = [e["name"] for e in entries]
-    assert names.index("REDIS_PASSWORD") < names.index("REDIS_URL")  # $(VAR) needs the order
+    # $(VAR) needs the order
+    assert names.index("KIQSTACK_REDIS_PASSWORD") < names.index("REDIS_URL")
     env = env_map(r.get("Deployment", "demo-kiqstack-worker"))
-    assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "demo-users", "key": "pw"}
-    assert env["REDIS_URL"]["value"] == "redis://default:$(REDIS_PASSWORD)@demo-valkey:6379/0"
+    assert env["KIQSTACK_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "demo-users",
+        "key": "pw",
+    }
+    assert (
+        env["REDIS_URL"]["value"] == "redis://default:$(KIQSTACK_REDIS_PASSWORD)@demo-valkey:6379/0"
+    )
+    # a Secret of the user's: kiqstack does not create it
+    assert not r.find("Secret", "demo-users")
+    assert not r.find("Secret", "demo-valkey-users")
 
 
 def test_ingress(rendered: dict[str, Rendered]) -> None:
@@ -290,69 +216,27 @@ def test_ingress(rendered: dict[str, Rendered]) -> None:
     assert ing["spec"]["tls"] == [{"secretName": "tls", "hosts": ["kiqstack.local"]}]
 
 
-def test_network_policies(rendered: dict[str, Rendered]) -> None:
-    r = rendered["everything"]
-    pols = {o["metadata"]["name"]: o for o in r.find("NetworkPolicy")}
-    assert set(pols) == {
-        "demo-kiqstack-server",
-        "demo-kiqstack-worker",
-        "demo-kiqstack-nats",
-        "demo-kiqstack-valkey",
-    }
-    release_only = [{"podSelector": {"matchLabels": {"app.kubernetes.io/instance": "demo"}}}]
-    nats = pols["demo-kiqstack-nats"]["spec"]
-    assert nats["podSelector"]["matchLabels"] == {
-        "app.kubernetes.io/name": "nats",
-        "app.kubernetes.io/instance": "demo",
-        "app.kubernetes.io/component": "nats",
-    }
-    client_rule = next(
-        i for i in nats["ingress"] if {"port": 4222, "protocol": "TCP"} in i["ports"]
-    )
-    assert client_rule["from"] == release_only
-    valkey = pols["demo-kiqstack-valkey"]["spec"]
-    data_rule = next(
-        i for i in valkey["ingress"] if {"port": 6379, "protocol": "TCP"} in i["ports"]
-    )
-    assert data_rule["from"] == release_only
-    # API open to everyone (apiFrom empty); worker metrics only from the monitoring namespace
-    assert "from" not in pols["demo-kiqstack-server"]["spec"]["ingress"][0]
-    worker_rule = pols["demo-kiqstack-worker"]["spec"]["ingress"][0]
-    assert worker_rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
-    assert worker_rule["from"] == [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]
-    # the helm test pods carry the release label, so the release-only rules admit them
-    pod = r.get("Pod", "demo-kiqstack-test-task-roundtrip")
-    assert pod["metadata"]["labels"]["app.kubernetes.io/instance"] == "demo"
-
-
-def test_network_policy_api_from(chart: Path) -> None:
-    peers = [{"namespaceSelector": {"matchLabels": {"name": "ingress-nginx"}}}]
-    r = render(chart, {"networkPolicy": {"enabled": True, "apiFrom": peers}})
-    rule = r.get("NetworkPolicy", "demo-kiqstack-server")["spec"]["ingress"][0]
-    assert rule["from"] == [
-        *peers,
-        {"podSelector": {"matchLabels": {"app.kubernetes.io/instance": "demo"}}},
-    ]
-
-
 def test_monitors(rendered: dict[str, Rendered]) -> None:
     r = rendered["everything"]
     sm = r.get("ServiceMonitor", "demo-kiqstack-server")
     assert sm["metadata"]["labels"]["release"] == "prom"
-    assert sm["spec"]["endpoints"][0]["port"] == "http"
+    assert sm["spec"]["endpoints"][0]["port"] == "http-metrics"
     svc = r.get("Service", "demo-kiqstack-server")
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
     pm = r.get("PodMonitor", "demo-kiqstack-worker")
     assert pm["spec"]["podMetricsEndpoints"][0] == {
-        "port": "metrics",
+        "port": "http-metrics",
         "path": "/metrics",
         "interval": "30s",
     }
     worker = r.get("Deployment", "demo-kiqstack-worker")
     assert pm["spec"]["selector"]["matchLabels"] == worker["spec"]["selector"]["matchLabels"]
-    ann = worker["spec"]["template"]["metadata"]["annotations"]
-    assert ann["prometheus.io/scrape"] == "true"
-    assert ann["prometheus.io/port"] == "9000"
+    for component in ("server", "worker"):  # both serve /metrics on METRICS_PORT
+        dep = r.get("Deployment", f"demo-kiqstack-{component}")
+        ann = dep["spec"]["template"]["metadata"]["annotations"]
+        assert ann["prometheus.io/scrape"] == "true"
+        assert ann["prometheus.io/port"] == "9000"
+        assert ann["prometheus.io/path"] == "/metrics"
 
 
 def test_prometheus_rule_alerts(rendered: dict[str, Rendered]) -> None:
@@ -401,7 +285,10 @@ def test_components_can_be_disabled(rendered: dict[str, Rendered]) -> None:
     r = rendered["worker-only"]
     assert not r.find("Deployment", "demo-kiqstack-server")
     assert not r.find("Service", "demo-kiqstack-server")
-    assert not [o for o in r.own() if o["kind"] == "Pod"]
+    # only the test that NATS and Valkey refuse anonymous clients (it needs no API)
+    assert [o["metadata"]["name"] for o in r.own() if o["kind"] == "Pod"] == [
+        "demo-kiqstack-test-auth-required"
+    ]
 
 
 def test_dev_overrides(rendered: dict[str, Rendered]) -> None:

@@ -128,6 +128,33 @@ REFUSED: dict[str, tuple[dict[str, Any], type[Exception], str]] = {
         helm_python.HelmRenderError,
         "server.terminationGracePeriodSeconds (5) must be greater than config.shutdownDelaySeconds",
     ),
+    "ingress-without-token": (
+        {"server": {"ingress": {"enabled": True}}},
+        helm_python.HelmRenderError,
+        "server.ingress.enabled=true publishes the API, but no API token is set (apiToken or "
+        "existingSecret): anyone who reaches the Ingress could run tasks. Set apiToken or "
+        "existingSecret, or set server.ingress.allowUnauthenticated=true",
+    ),
+    "external-nats-selector-with-subchart": (
+        {"networkPolicy": {"externalNats": {"podSelector": {"matchLabels": {"app": "nats"}}}}},
+        helm_python.HelmRenderError,
+        "networkPolicy.externalNats.podSelector is for a NATS run outside this chart",
+    ),
+    "external-redis-selector-with-subchart": (
+        {"networkPolicy": {"externalRedis": {"podSelector": {"matchLabels": {"app": "r"}}}}},
+        helm_python.HelmRenderError,
+        "networkPolicy.externalRedis.podSelector is for a Redis run outside this chart",
+    ),
+    "bad-task-modules": (
+        {"config": {"taskModules": "app.tasks.example; rm -rf /"}},
+        helm_python.HelmValuesError,
+        "at '/config/taskModules'",
+    ),
+    "unknown-network-policy-key": (
+        {"networkPolicy": {"allowFrom": []}},
+        helm_python.HelmValuesError,
+        "additional properties 'allowFrom' not allowed",
+    ),
     "nothing-to-deploy": (
         {"server": {"enabled": False}, "worker": {"enabled": False}},
         helm_python.HelmRenderError,
@@ -170,3 +197,34 @@ def test_subchart_values_stay_open(chart: Path) -> None:
         chart, {"nats": {"podTemplate": {"merge": {}}}, "valkey": {"metrics": {"enabled": True}}}
     )
     assert r.find("Deployment")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"apiToken": "s3cret"},
+        {"existingSecret": "api-token"},
+        {"server": {"ingress": {"allowUnauthenticated": True}}},
+    ],
+    ids=["token", "existing-secret", "explicit-opt-out"],
+)
+def test_ingress_renders_with_token_or_opt_out(chart: Path, values: dict[str, Any]) -> None:
+    server = values.pop("server", {})
+    ingress = {"enabled": True, **server.get("ingress", {})}
+    r = render(chart, {**values, "server": {"ingress": ingress}})
+    r.get("Ingress", "demo-kiqstack-server")
+    if "allowUnauthenticated" in ingress:
+        assert "WARNING: the API has no token" in r.notes
+        assert "the Ingress (kiqstack.local) can run any registered task" in r.notes
+    else:
+        assert "WARNING" not in r.notes
+
+
+def test_no_ingress_check_without_a_server(chart: Path) -> None:
+    r = render(chart, {"server": {"enabled": False, "ingress": {"enabled": True}}})
+    assert not r.find("Ingress")
+
+
+def test_open_service_outside_the_cluster_is_warned(chart: Path) -> None:
+    r = render(chart, {"server": {"service": {"type": "LoadBalancer"}}})
+    assert "the LoadBalancer Service demo-kiqstack-server (reachable from outside" in r.notes

@@ -22,11 +22,27 @@ DEFAULT_OBJECTS = [
     "Deployment/demo-kiqstack-server",
     "Deployment/demo-kiqstack-worker",
     "HorizontalPodAutoscaler/demo-kiqstack-worker",
+    "NetworkPolicy/demo-kiqstack-nats",
+    "NetworkPolicy/demo-kiqstack-server",
+    "NetworkPolicy/demo-kiqstack-valkey",
+    "NetworkPolicy/demo-kiqstack-worker",
+    "Pod/demo-kiqstack-test-auth-required",
     "Pod/demo-kiqstack-test-readyz",
     "Pod/demo-kiqstack-test-task-roundtrip",
     "PodDisruptionBudget/demo-kiqstack-server",
+    "Secret/demo-nats-auth",
+    "Secret/demo-valkey-users",
     "Service/demo-kiqstack-server",
     "ServiceAccount/demo-kiqstack",
+]
+# rendered by the stand-in subcharts (see chartlib)
+STANDIN_OBJECTS = [
+    "ConfigMap/demo-nats-config",
+    "Deployment/demo-valkey",
+    "Service/demo-nats",
+    "Service/demo-nats-headless",
+    "Service/demo-valkey",
+    "StatefulSet/demo-nats",
 ]
 
 
@@ -57,7 +73,8 @@ def test_chart_metadata() -> None:
 def test_default_objects(defaults: Rendered) -> None:
     own = sorted(f"{o['kind']}/{o['metadata']['name']}" for o in defaults.own())
     assert own == DEFAULT_OBJECTS
-    assert validate_objects(defaults) == len(DEFAULT_OBJECTS) + 3  # + stand-in Services
+    assert sorted(set(defaults.names()) - set(own)) == STANDIN_OBJECTS
+    assert validate_objects(defaults) == len(DEFAULT_OBJECTS) + len(STANDIN_OBJECTS)
 
 
 def test_run_mode_per_deployment(defaults: Rendered) -> None:
@@ -70,9 +87,15 @@ def test_run_mode_per_deployment(defaults: Rendered) -> None:
 
 
 def test_urls_point_at_subchart_services(defaults: Rendered) -> None:
-    data = defaults.get("ConfigMap", "demo-kiqstack")["data"]
-    assert data["NATS_URL"] == "nats://demo-nats:4222"
-    assert data["REDIS_URL"] == "redis://demo-valkey:6379/0"
+    # with credentials from Secrets, expanded by the kubelet ($(VAR) of earlier env entries)
+    env = env_map(defaults.get("Deployment", "demo-kiqstack-worker"))
+    assert (
+        env["NATS_URL"]["value"]
+        == "nats://$(KIQSTACK_NATS_USER):$(KIQSTACK_NATS_PASSWORD)@demo-nats:4222"
+    )
+    assert (
+        env["REDIS_URL"]["value"] == "redis://default:$(KIQSTACK_REDIS_PASSWORD)@demo-valkey:6379/0"
+    )
     # the names exist as Services rendered by the (stand-in) subcharts
     defaults.get("Service", "demo-nats")
     defaults.get("Service", "demo-valkey")
@@ -84,9 +107,12 @@ def test_configmap_maps_every_contract_setting(defaults: Rendered) -> None:
     settings = contract.split("## Settings")[1].split("## Metrics")[0]
     names = [line.split("`")[1] for line in settings.splitlines() if line.startswith("| `")]
     assert len(names) > 20
-    # RUN_MODE is per Deployment, API_TOKEN comes from a Secret
-    for name in set(names) - {"RUN_MODE", "API_TOKEN"}:
+    # RUN_MODE is per Deployment; the URLs and the token come from Secrets (test_chart_secrets);
+    # the *_FILE variants are for secrets mounted as files, which the chart does not do
+    from_secrets = {"NATS_URL", "REDIS_URL", "API_TOKEN"}
+    for name in {n for n in names if not n.endswith("_FILE")} - {"RUN_MODE"} - from_secrets:
         assert name in data, f"{name} from docs/contract.md is not in the ConfigMap"
+    assert not from_secrets & set(data)
     assert all(isinstance(v, str) for v in data.values())
     assert data["RELOAD"] == "false"
     assert data["NATS_STREAM"] == "kiqstack_tasks"
@@ -102,18 +128,23 @@ def test_deployments_use_configmap(defaults: Rendered) -> None:
 def test_ports_and_service(defaults: Rendered) -> None:
     server = container(defaults.get("Deployment", "demo-kiqstack-server"))
     worker = container(defaults.get("Deployment", "demo-kiqstack-worker"))
-    assert server["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
-    assert worker["ports"] == [{"name": "metrics", "containerPort": 9000, "protocol": "TCP"}]
+    metrics = {"name": "http-metrics", "containerPort": 9000, "protocol": "TCP"}
+    assert server["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}, metrics]
+    assert worker["ports"] == [metrics]
+    data = defaults.get("ConfigMap", "demo-kiqstack")["data"]
+    assert (data["PORT"], data["METRICS_PORT"]) == ("8000", "9000")
     svc = defaults.get("Service", "demo-kiqstack-server")
     assert svc["spec"]["ports"] == [
-        {"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}
+        {"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"},
+        {"name": "http-metrics", "port": 9000, "targetPort": "http-metrics", "protocol": "TCP"},
     ]
     server_dep = defaults.get("Deployment", "demo-kiqstack-server")
     assert svc["spec"]["selector"] == server_dep["spec"]["selector"]["matchLabels"]
 
 
 def test_probes(defaults: Rendered) -> None:
-    for component, port in (("server", "http"), ("worker", "metrics")):
+    for component in ("server", "worker"):
+        port = "http-metrics"  # both roles serve /livez and /readyz on METRICS_PORT
         c = container(defaults.get("Deployment", f"demo-kiqstack-{component}"))
         assert c["livenessProbe"]["httpGet"] == {"path": "/livez", "port": port}
         assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
@@ -122,7 +153,7 @@ def test_probes(defaults: Rendered) -> None:
 
 def test_security_contexts(defaults: Rendered) -> None:
     pods = [o for o in defaults.own() if o["kind"] in ("Deployment", "Pod")]
-    assert len(pods) == 4
+    assert len(pods) == 5
     for obj in pods:
         spec = obj["spec"]["template"]["spec"] if obj["kind"] == "Deployment" else obj["spec"]
         assert spec["automountServiceAccountToken"] is False
@@ -212,31 +243,28 @@ def test_topology_spread_gets_selector(defaults: Rendered) -> None:
     assert tsc["whenUnsatisfiable"] == "ScheduleAnyway"
 
 
-def _checksums(r: Rendered) -> dict[str, tuple[str, str]]:
-    out = {}
-    for component in ("server", "worker"):
-        ann = r.get("Deployment", f"demo-kiqstack-{component}")["spec"]["template"]["metadata"][
-            "annotations"
-        ]
-        out[component] = (ann["checksum/config"], ann["checksum/secret"])
-    return out
+def test_checksum_config_changes_with_settings(defaults: Rendered, chart: Path) -> None:
+    def checksums(r: Rendered) -> dict[str, str]:
+        return {
+            c: r.get("Deployment", f"demo-kiqstack-{c}")["spec"]["template"]["metadata"][
+                "annotations"
+            ]["checksum/config"]
+            for c in ("server", "worker")
+        }
 
-
-def test_checksum_changes_with_settings(defaults: Rendered, chart: Path) -> None:
-    base = _checksums(defaults)
-    assert base == _checksums(render(chart))  # deterministic
-    changed = _checksums(render(chart, {"config": {"logLevel": "DEBUG"}}))
+    base = checksums(defaults)
+    assert base == checksums(render(chart))  # deterministic
+    changed = checksums(render(chart, {"config": {"logLevel": "DEBUG"}}))
     for component in ("server", "worker"):
-        assert changed[component][0] != base[component][0]
-        assert changed[component][1] == base[component][1]
-    token = _checksums(render(chart, {"apiToken": "s3cret"}))
-    for component in ("server", "worker"):
-        assert token[component][1] != base[component][1]
+        assert changed[component] != base[component]
+    # no chart Secret by default (the subchart logins have Secrets of their own): no checksum/secret
+    ann = defaults.get("Deployment", "demo-kiqstack-server")["spec"]["template"]["metadata"]
+    assert "checksum/secret" not in ann["annotations"]
 
 
 def test_helm_test_pods(defaults: Rendered) -> None:
     tests = [o for o in defaults.own() if o["kind"] == "Pod"]
-    assert len(tests) == 2
+    assert len(tests) == 3
     for pod in tests:
         ann = pod["metadata"]["annotations"]
         assert ann["helm.sh/hook"] == "test"
@@ -246,13 +274,21 @@ def test_helm_test_pods(defaults: Rendered) -> None:
         assert c["image"] == "kiqstack:0.1.0"  # the app image, already loaded into kind
         assert c["command"] == ["python", "-c"]
         compile(c["args"][0], pod["metadata"]["name"], "exec")  # valid Python
-        env = {e["name"]: e for e in c["env"]}
+        assert pod["metadata"]["labels"]["app.kubernetes.io/instance"] == "demo"  # NetworkPolicy
+    for name in ("readyz", "task-roundtrip"):
+        env = {
+            e["name"]: e
+            for e in defaults.get("Pod", f"demo-kiqstack-test-{name}")["spec"]["containers"][0][
+                "env"
+            ]
+        }
         assert env["BASE_URL"]["value"] == "http://demo-kiqstack-server.apps.svc:8000"
     roundtrip = defaults.get("Pod", "demo-kiqstack-test-task-roundtrip")
     script = roundtrip["spec"]["containers"][0]["args"][0]
-    assert "/tasks/app.tasks.example:add?wait=30" in script
-    assert '{"args": [2, 3]}' in script
-    assert 'result.get("result") == 5' in script
+    # the built-in task: the example tasks are opt-in
+    assert "/tasks/kiqstack.ping?wait=30" in script
+    assert 'result.get("result") == "pong"' in script
+    assert "app.tasks.example" not in script
     assert "API_TOKEN" not in {e["name"] for e in roundtrip["spec"]["containers"][0]["env"]}
     assert (
         "/readyz"
@@ -262,5 +298,8 @@ def test_helm_test_pods(defaults: Rendered) -> None:
 
 def test_notes(defaults: Rendered) -> None:
     assert "port-forward svc/demo-kiqstack-server" in defaults.notes
-    assert "/tasks/app.tasks.example:add?wait=30" in defaults.notes
+    assert "/tasks/kiqstack.ping?wait=30" in defaults.notes
     assert "helm test demo" in defaults.notes
+    assert "login in Secret demo-nats-auth" in defaults.notes
+    assert "password in Secret demo-valkey-users" in defaults.notes
+    assert "NetworkPolicies on" in defaults.notes

@@ -323,7 +323,7 @@ class Container:
 
     @property
     def metrics(self) -> str:
-        """Base URL of the worker's metrics/probe server (worker, both)."""
+        """Base URL of METRICS_PORT: /metrics and probes (server, worker; both: the worker)."""
         return f"http://127.0.0.1:{self.metrics_port}"
 
     def logs(self) -> str:

@@ -60,8 +60,10 @@ def test_api_metrics(pair, wait_status, metric_value):
     server, _ = pair
     answer = dispatch(server.api, ADD, 1, 1)
     wait_status(server.api, answer.json()["task_id"])
-    assert metric_value(server.api, "kiqstack_tasks_dispatched_total", task_name=ADD) >= 1
-    assert metric_value(server.api, "kiqstack_http_requests_total") >= 1
+    # The server's metrics are on METRICS_PORT (port name http-metrics), never on the API port.
+    assert metric_value(server.metrics, "kiqstack_tasks_dispatched_total", task_name=ADD) >= 1
+    assert metric_value(server.metrics, "kiqstack_http_requests_total") >= 1
+    assert httpx.get(f"{server.api}/metrics", timeout=5).status_code == 404
 
 
 def test_worker_metrics_and_probes(pair, wait_status, metric_value):
@@ -124,7 +126,9 @@ def test_both_mode_serves_and_executes(containers, metric_value):
     assert answer.status_code == 200, answer.text
     assert answer.json()["result"] == 42
     assert metric_value(both.metrics, "kiqstack_tasks_succeeded_total", task_name=ADD) >= 1
-    assert metric_value(both.api, "kiqstack_tasks_dispatched_total", task_name=ADD) >= 1
+    # RUN_MODE=both: the worker keeps METRICS_PORT, the server takes METRICS_PORT + 1.
+    server_metrics = f"http://127.0.0.1:{both.metrics_port + 1}"
+    assert metric_value(server_metrics, "kiqstack_tasks_dispatched_total", task_name=ADD) >= 1
 
     # SIGTERM reaches both processes: a clean exit, long before docker's SIGKILL.
     seconds, code = both.stop(timeout=30)
