@@ -107,7 +107,10 @@ def test_dev_values_fit_the_inner_loop() -> None:
 def test_existing_cluster_values_keep_the_chart_defaults() -> None:
     """`make e2e-existing` and .ci/run install as a user would: the chart's defaults plus only
     what the suite needs (two workers) and, with the harness, the external NATS and Valkey."""
-    assert _values("e2e/existing-values.yaml") == {"worker": {"autoscaling": {"minReplicas": 2}}}
+    assert _values("e2e/existing-values.yaml") == {
+        "config": {"taskModules": "app.tasks.example"},
+        "worker": {"autoscaling": {"minReplicas": 2}},
+    }
     harness = _values("e2e/harness/values.yaml")
     assert set(harness) == {"nats", "valkey", "externalNats", "externalRedis"}
 
@@ -120,6 +123,7 @@ def test_e2e_values_fit_the_suite() -> None:
     assert autoscaling["mode"] == "hpa"
     assert autoscaling["minReplicas"] >= 2, "the pod-deletion test needs a second worker"
     assert e2e["config"]["ackWaitSeconds"] <= 60, "redelivery must happen within the test timeouts"
+    assert e2e["config"]["taskModules"] == "app.tasks.example", "the suite runs the examples"
     assert e2e["nats"]["config"]["cluster"]["enabled"] is False, "one NATS server on kind"
     pvc = e2e["nats"]["config"]["jetstream"]["fileStore"]["pvc"]
     assert pvc["enabled"] is False, "the NATS data-loss test needs NATS without persistence"
