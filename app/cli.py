@@ -16,12 +16,17 @@ kiqstack: Python background tasks on NATS JetStream with results in Redis.
 Without a command, starts the role named by RUN_MODE (server, worker or both).
 Configuration comes from environment variables (NATS_URL, REDIS_URL, ...);
 see the README's settings table.
+
+Ports: the server's API (and /docs) on $PORT (8000); /metrics, /livez and /readyz
+of each role on $METRICS_PORT (9000), never on the API port. With RUN_MODE=both
+the worker keeps $METRICS_PORT and the server's move to $METRICS_PORT + 1.
 """
 
 _EPILOG = """\
 examples:
   RUN_MODE=worker python -m app      start a worker
-  python -m app server               start the API on $PORT (8000)
+  python -m app server               start the API on $PORT (8000),
+                                     metrics and probes on $METRICS_PORT (9000)
   python -m app dlq list             show dead-lettered messages
   python -m app dlq replay --all     send every dead letter back to the task stream
 """

@@ -15,6 +15,8 @@ from chartlib import (
     validate_objects,
 )
 
+from app.config import Settings
+
 pytestmark = pytest.mark.chart
 
 DEFAULT_OBJECTS = [
@@ -101,18 +103,46 @@ def test_urls_point_at_subchart_services(defaults: Rendered) -> None:
     defaults.get("Service", "demo-valkey")
 
 
-def test_configmap_maps_every_contract_setting(defaults: Rendered) -> None:
-    data = defaults.get("ConfigMap", "demo-kiqstack")["data"]
+def _contract_settings() -> list[str]:
+    """The variables of the Settings table of docs/contract.md, in table order."""
     contract = (CHART_DIR.parent / "docs" / "contract.md").read_text()
-    settings = contract.split("## Settings")[1].split("## Metrics")[0]
-    names = [line.split("`")[1] for line in settings.splitlines() if line.startswith("| `")]
-    assert len(names) > 20
-    # RUN_MODE is per Deployment; the URLs and the token come from Secrets (test_chart_secrets);
-    # the *_FILE variants are for secrets mounted as files, which the chart does not do
-    from_secrets = {"NATS_URL", "REDIS_URL", "API_TOKEN"}
-    for name in {n for n in names if not n.endswith("_FILE")} - {"RUN_MODE"} - from_secrets:
-        assert name in data, f"{name} from docs/contract.md is not in the ConfigMap"
-    assert not from_secrets & set(data)
+    settings = contract.split("## Settings")[1].split("\n## ")[0]
+    return [line.split("`")[1] for line in settings.splitlines() if line.startswith("| `")]
+
+
+def test_contract_settings_table_is_the_app_settings() -> None:
+    names = _contract_settings()
+    assert len(names) == len(set(names)), "a variable is listed twice"
+    assert set(names) == {name.upper() for name in Settings.model_fields}
+
+
+# The URLs and the token come from Secrets (test_chart_secrets), by secretKeyRef env entries.
+FROM_SECRETS = {"NATS_URL", "REDIS_URL", "API_TOKEN"}
+
+
+def test_configmap_maps_every_contract_setting(chart: Path) -> None:
+    """Every row of the table is accounted for: in the ConfigMap, per Deployment, or from a Secret;
+    the *_FILE variants are for secrets mounted as files, which the chart never sets (both a
+    variable and its file set make the app refuse to start)."""
+    rendered = render(chart, {"apiToken": "t0ken"})
+    data = rendered.get("ConfigMap", "demo-kiqstack")["data"]
+    envs = [env_map(rendered.get("Deployment", f"demo-kiqstack-{c}")) for c in ("server", "worker")]
+    names = _contract_settings()
+    assert len(names) > 30
+    for name in names:
+        if name == "RUN_MODE":
+            assert name not in data
+            assert all(env[name]["value"] in ("server", "worker") for env in envs)
+        elif name in FROM_SECRETS:
+            assert name not in data, f"{name} must not be in the ConfigMap"
+            assert all(name in env for env in envs), f"{name} is not in the Deployments' env"
+        elif name.endswith("_FILE"):
+            assert name.removesuffix("_FILE") in FROM_SECRETS
+            assert name not in data
+            assert not any(name in env for env in envs), f"the chart sets {name}"
+        else:
+            assert name in data, f"{name} from docs/contract.md is not in the ConfigMap"
+    assert set(data) <= set(names), "the ConfigMap sets a variable docs/contract.md lacks"
     assert all(isinstance(v, str) for v in data.values())
     assert data["RELOAD"] == "false"
     assert data["NATS_STREAM"] == "kiqstack_tasks"

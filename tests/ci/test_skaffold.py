@@ -162,21 +162,31 @@ def test_port_forwards_name_rendered_objects(chart: Path, profile: str | None) -
         chart, release_values(doc, FAKE_TAG), name=release["name"], namespace=release["namespace"]
     )
     assert doc["portForward"], "no port-forward"
+    forwarded = set()
     for forward in doc["portForward"]:
         assert forward["namespace"] == release["namespace"]
         kind = {"service": "Service", "deployment": "Deployment"}[forward["resourceType"]]
         obj = find(objects, kind, forward["resourceName"])
         if kind == "Service":
-            ports = [p["port"] for p in obj["spec"]["ports"]]
+            ports = {p["port"]: p["name"] for p in obj["spec"]["ports"]}
         else:
-            ports = [
-                p["containerPort"]
+            ports = {
+                p["containerPort"]: p["name"]
                 for c in obj["spec"]["template"]["spec"]["containers"]
                 for p in c.get("ports", [])
-            ]
+            }
         assert forward["port"] in ports, f"{kind}/{forward['resourceName']} has ports {ports}"
+        forwarded.add((forward["resourceName"], ports[forward["port"]]))
     assert doc["portForward"][0]["resourceName"] == "kiqstack-server"
     assert doc["portForward"][0]["port"] == 8000
+    local = [f["localPort"] for f in doc["portForward"]]
+    assert len(local) == len(set(local)), f"local ports collide: {local}"
+    # the API, and /metrics of both roles (never on the API port)
+    assert forwarded == {
+        ("kiqstack-server", "http"),
+        ("kiqstack-server", "http-metrics"),
+        ("kiqstack-worker", "http-metrics"),
+    }
 
 
 def _containers(objects: list[dict[str, Any]], deployment: str) -> list[dict[str, Any]]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +21,32 @@ import httpx
 from scripts.localinfra import free_port
 
 T = TypeVar("T")
+
+
+def free_port_pair(host: str = "127.0.0.1") -> int:
+    """Return a port ``p`` with ``p`` and ``p + 1`` free, below the ephemeral port range.
+
+    ``RUN_MODE=both`` serves the server's probes on ``METRICS_PORT + 1``. A port from ``bind(0)``
+    (:func:`free_port`) is odd and inside the ephemeral range, and Linux gives outgoing connections
+    (the worker's, to NATS and Redis) even ports of that range first: its neighbour was often taken
+    before the server could bind it. Ports below the range are never handed out that way.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    first = max(1024, low - 12000)
+    for _ in range(100):
+        port = first + secrets.randbelow(low - 1 - first)
+        with contextlib.ExitStack() as stack:
+            try:
+                for candidate in (port, port + 1):
+                    sock = stack.enter_context(socket.socket())
+                    sock.bind((host, candidate))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no two adjacent free ports below {low}")
 
 
 def unique_names(tag: str = "t") -> dict[str, str]:
@@ -141,7 +169,7 @@ class Stack:
         env = {
             **os.environ,
             "PORT": str(free_port()),
-            "METRICS_PORT": str(free_port()),
+            "METRICS_PORT": str(free_port_pair() if role == "both" else free_port()),
             "HOST": "127.0.0.1",
             "SHUTDOWN_DELAY_SECONDS": "0",
             **self.base_env,
