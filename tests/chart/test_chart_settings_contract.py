@@ -87,6 +87,8 @@ LARGE = {
         "resultTtlSeconds": 2_592_000,
         "maxPayloadBytes": 1_048_576,
         "shutdownDelaySeconds": 2.5,
+        "idempotencyTtlSeconds": 2_592_000,
+        "http": {"headerTimeoutSeconds": 2.5, "maxConnections": 100_000},
         "nats": {"deadLetterMaxAgeSeconds": 31_536_000},
         "worker": {"shutdownTimeout": 1_000_000, "concurrency": 1000},
         "extraEnv": {"BIG_NUMBER": 123_456_789, "RATIO": 0.25},
@@ -107,11 +109,15 @@ def test_large_and_fractional_values_load_as_intended(
     assert settings.dead_letter_max_age_seconds == 31_536_000
     assert settings.worker_shutdown_timeout == 1_000_000
     assert settings.worker_concurrency == 1000
+    assert settings.idempotency_ttl_seconds == 2_592_000
+    assert settings.http_header_timeout_seconds == 2.5
+    assert settings.http_max_connections == 100_000
     # every number is a plain decimal string, whatever its size
     assert env["ACK_WAIT_SECONDS"] == "3600000"
     assert env["RESULT_TTL_SECONDS"] == "2592000"
     assert env["MAX_PAYLOAD_BYTES"] == "1048576"
     assert env["WORKER_SHUTDOWN_TIMEOUT"] == "1000000"
+    assert env["IDEMPOTENCY_TTL_SECONDS"] == "2592000"
     assert env["REDELIVERY_DELAY_SECONDS"] == "1.5"
     assert env["BIG_NUMBER"] == "123456789"
     assert env["RATIO"] == "0.25"
