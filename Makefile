@@ -59,9 +59,12 @@ dist: install ## Wheel + sdist + constraints.txt (the lock's runtime versions) i
 		--output-file '$(DIST)/constraints.txt' >/dev/null
 	@ls '$(DIST)'
 
+# Options of `make run`, e.g. RUN_ARGS="--nats-port 4223" (`make run RUN_ARGS=--help` lists them).
+RUN_ARGS ?=
+
 .PHONY: run
 run: install ## Run API + worker with local NATS JetStream and Redis (Ctrl-C stops all).
-	$(PY) scripts/run_local.py
+	$(PY) scripts/run_local.py $(RUN_ARGS)
 
 .PHONY: lint
 lint: lock-check ## uv.lock up to date, ruff (lint + format check), mypy --strict on app/ and the example.

@@ -99,6 +99,14 @@ class Settings(BaseSettings):
         default=None, description="File holding REDIS_URL (a mounted Secret); excludes REDIS_URL."
     )
 
+    nats_connect_timeout_seconds: float = Field(
+        default=30,
+        gt=0,
+        le=3600,
+        description="How long broker.startup() (the API server, your own scripts) waits for NATS "
+        "before it fails with an error naming NATS_URL; a worker keeps retrying until stopped.",
+    )
+
     # -- process role and ports ----------------------------------------------------------------
     run_mode: RunMode = Field(default=RunMode.SERVER, description="server, worker or both.")
     host: str = Field(default="0.0.0.0", description="Address the API and metrics servers bind.")

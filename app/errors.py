@@ -133,3 +133,20 @@ class StreamConfigError(AppError):
     """An existing JetStream stream or consumer is configured incompatibly."""
 
     template = "{problem}"
+
+
+class NatsUnavailableError(AppError):
+    """NATS could not be reached in time (the message names ``NATS_URL``, never a password)."""
+
+    status_code = 503
+    template = (
+        "could not connect to NATS at {urls} within {seconds:g}s ({problem}); check NATS_URL and "
+        "that the NATS server runs (NATS_CONNECT_TIMEOUT_SECONDS bounds this wait)"
+    )
+
+
+class InvalidTaskIdError(AppError):
+    """A task id that could corrupt logs, Redis keys or the result notifications."""
+
+    status_code = 422
+    template = "invalid task id {task_id!r}: use 1 to 128 letters, digits, '-', '_', '.' or ':'"

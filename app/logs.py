@@ -1,12 +1,19 @@
-"""Logging setup: plain text or one JSON object per line (``LOG_FORMAT``)."""
+"""Logging setup: plain text or one JSON object per line (``LOG_FORMAT``).
+
+Everything a kiqstack process reports goes through :mod:`logging`, so that with
+``LOG_FORMAT=json`` every line is one JSON object: warnings, uncaught exceptions (of the main
+thread, other threads and finalizers) and tracebacks (an ``exception`` field, not extra lines).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+import threading
 import time
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any
 
 from app.config import Settings
@@ -35,6 +42,10 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
         return json.dumps(entry, default=str)
 
 
@@ -79,7 +90,48 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
+    route_uncaught_errors()
     # taskiq's receiver logs every execution at INFO; kiqstack logs its own start/finish lines.
     logging.getLogger("taskiq.receiver.receiver").setLevel(
         max(logging.WARNING, logging.getLevelName(settings.log_level))
     )
+
+
+_uncaught = logging.getLogger("kiqstack.uncaught")
+
+
+def _log_uncaught(
+    kind: type[BaseException], value: BaseException, tb: TracebackType | None
+) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, value, tb)
+        return
+    _uncaught.critical("uncaught exception: %s", value, exc_info=(kind, value, tb))
+
+
+def _log_thread_uncaught(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is None or issubclass(args.exc_type, SystemExit):
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    _uncaught.error(
+        "uncaught exception in thread %s: %s",
+        name,
+        args.exc_value,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )
+
+
+def _log_unraisable(unraisable: Any) -> None:
+    exc = unraisable.exc_value
+    info = (type(exc), exc, unraisable.exc_traceback) if exc is not None else None
+    _uncaught.warning(
+        "%s: %r", unraisable.err_msg or "exception ignored in", unraisable.object, exc_info=info
+    )
+
+
+def route_uncaught_errors() -> None:
+    """Send warnings and uncaught exceptions to :mod:`logging` instead of raw stderr."""
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_thread_uncaught
+    sys.unraisablehook = _log_unraisable

@@ -11,13 +11,18 @@ import sys
 import tempfile
 import time
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 from uvicorn.supervisors import ChangeReload
 
-from app.api.deps import Lifecycle
 from app.config import Settings
 from app.logs import TEXT_FORMAT, configure_logging
+
+if TYPE_CHECKING:
+    from taskiq.cli.worker.args import WorkerArgs
+
+    from app.api.deps import Lifecycle
 
 logger = logging.getLogger("kiqstack.runner")
 
@@ -85,6 +90,7 @@ def run_server(settings: Settings) -> int:
         sock = config.bind_socket()
         ChangeReload(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
         return 0
+    from app.api.deps import Lifecycle
     from app.main import create_app
 
     lifecycle = Lifecycle()
@@ -100,16 +106,21 @@ def run_server(settings: Settings) -> int:
 
 
 def worker_command(settings: Settings) -> list[str]:
-    """The ``taskiq worker`` command line for these settings.
+    """The ``taskiq worker`` command line equivalent to ``python -m app worker``.
 
     :param settings: kiqstack settings.
     :return: argv.
     """
+    return [sys.executable, "-m", "taskiq", "worker", *worker_arguments(settings)]
+
+
+def worker_arguments(settings: Settings) -> list[str]:
+    """The arguments of ``taskiq worker`` for these settings.
+
+    :param settings: kiqstack settings.
+    :return: the arguments after ``taskiq worker``.
+    """
     argv = [
-        sys.executable,
-        "-m",
-        "taskiq",
-        "worker",
         BROKER_REF,
         *settings.task_modules,
         "--workers",
@@ -146,77 +157,157 @@ def prepare_worker_environment(settings: Settings) -> None:
 
 
 def run_worker(settings: Settings) -> int:
-    """Replace this process with ``taskiq worker`` (exec: SIGTERM reaches it directly).
+    """Run ``taskiq worker`` in this process: it supervises the worker processes it forks.
+
+    This process is the one the container runtime signals (no shell, no exec needed): SIGTERM
+    drains the worker processes. Logging is set up here first (``LOG_FORMAT``), so taskiq's own
+    process manager and every worker process log in the same format. Nothing here may import
+    prometheus-client before :func:`prepare_worker_environment`: the worker processes inherit
+    the choice of in-memory or multi-process metrics made at its import.
 
     :param settings: kiqstack settings.
-    :return: never returns on success.
+    :return: exit code.
     """
     prepare_worker_environment(settings)
-    argv = worker_command(settings)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(argv[0], argv)  # noqa: S606 - exec form on purpose
-    return 1  # pragma: no cover - execv does not return
+    configure_logging(settings)
+    from taskiq.cli.worker.args import WorkerArgs
+
+    args = WorkerArgs.from_cli(worker_arguments(settings))
+    args.configure_logging = False
+    return serve_worker(args)
+
+
+def serve_worker(args: WorkerArgs) -> int:
+    """taskiq's ``run_worker``, with worker processes that fail with a log record, not stderr.
+
+    :param args: parsed ``taskiq worker`` arguments.
+    :return: exit code (0 after a clean stop).
+    """
+    from taskiq.cli.worker.process_manager import ProcessManager
+
+    logging.getLogger("taskiq").setLevel(args.log_level)
+    logger.info("worker supervisor pid %d, %d worker process(es)", os.getpid(), args.workers)
+    observer = None
+    if args.reload:
+        from watchdog.observers import Observer
+
+        observer = Observer()
+        observer.start()
+        args.workers = 1
+    manager = ProcessManager(args=args, observer=observer, worker_function=_worker_process)
+    status = manager.start()
+    if observer is not None and observer.is_alive():
+        observer.stop()
+    return 0 if status is None else 1
+
+
+def _worker_process(args: WorkerArgs) -> None:
+    """Body of one worker process: taskiq's ``start_listen``; a crash is logged, then exit 1."""
+    from taskiq.cli.worker.run import start_listen
+
+    try:
+        start_listen(args)
+    except KeyboardInterrupt:
+        logger.warning("worker process %d stopped by repeated signals", os.getpid())
+        raise SystemExit(1) from None
+    except Exception as exc:
+        logger.critical("worker process %d failed: %s", os.getpid(), exc, exc_info=True)
+        raise SystemExit(1) from None
+
+
+#: Signals that stop ``RUN_MODE=both``. Each is forwarded to the children as SIGTERM: the same
+#: graceful stop for all (taskiq's process manager takes SIGHUP as "reload", not "stop").
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def stop_grace(settings: Settings) -> float:
+    """Seconds the children of ``both`` get to stop before they are killed.
+
+    The worker waits up to ``WORKER_SHUTDOWN_TIMEOUT`` for running tasks and 5 s for the broker;
+    the server drains for ``SHUTDOWN_DELAY_SECONDS``, then closes within its graceful timeout.
+    """
+    server = 2 * settings.shutdown_delay_seconds + 5
+    return max(settings.worker_shutdown_timeout, server) + 15
 
 
 def run_both(settings: Settings) -> int:
     """Run the server and the worker as two child processes and supervise them.
 
-    SIGTERM/SIGINT are forwarded to both. If one exits on its own, the other is stopped and this
-    process exits non-zero.
+    SIGTERM, SIGINT and SIGHUP stop both (forwarded as SIGTERM, once per signal received); a child
+    still running :func:`stop_grace` seconds later is killed. If one exits on its own, the other
+    is stopped the same way and this process exits non-zero.
 
     :param settings: kiqstack settings.
-    :return: exit code.
+    :return: exit code: 0 after a clean stop on a signal.
     """
     configure_logging(settings)
+    received: list[int] = []
+    # Handlers first: a signal that comes while the children start must not kill only this
+    # process (which would orphan them). The handler only records it; the loop below acts.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda sig, _: received.append(sig))
     base = [sys.executable, "-m", "app"]
     # RUN_MODE=both tells the server that METRICS_PORT is the worker's (it takes METRICS_PORT + 1).
     env = {**os.environ, "RUN_MODE": "both"}
-    children = {
-        "server": subprocess.Popen([*base, "server"], env=env),  # noqa: S603 - our interpreter
-        "worker": subprocess.Popen([*base, "worker"], env=env),  # noqa: S603
-    }
-    stopping = False
-
-    def forward(sig: int, _: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-        for child in children.values():
-            if child.poll() is None:
-                child.send_signal(sig)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    exit_code = 0
+    children: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        while True:
-            exited = {name: c.returncode for name, c in children.items() if c.poll() is not None}
-            if len(exited) == len(children):
-                break
-            if exited and not stopping:
-                name, code = next(iter(exited.items()))
-                logger.error("%s exited with code %s; stopping the other process", name, code)
-                exit_code = code or 1
-                stopping = True
-                for child in children.values():
-                    if child.poll() is None:
-                        child.send_signal(signal.SIGTERM)
-                deadline = time.monotonic() + settings.worker_shutdown_timeout + 15
-                while time.monotonic() < deadline and any(
-                    c.poll() is None for c in children.values()
-                ):
-                    time.sleep(0.2)
-                for child in children.values():
-                    if child.poll() is None:
-                        child.kill()
-            time.sleep(0.2)
+        for role in ("server", "worker"):
+            children[role] = subprocess.Popen([*base, role], env=env)  # noqa: S603 - our python
+        return _supervise(children, received, stop_grace(settings))
     finally:
         for child in children.values():
             if child.poll() is None:
                 child.kill()
             child.wait()
-    if exit_code == 0 and stopping:
-        codes = [c.returncode for c in children.values()]
+
+
+def _supervise(
+    children: dict[str, subprocess.Popen[bytes]], received: list[int], grace: float
+) -> int:
+    """Wait for the children; stop them all on a signal or when one exits.
+
+    :param children: the running children by role.
+    :param received: stop signals recorded by the handlers (appended to while this runs).
+    :param grace: seconds between asking the children to stop and killing them.
+    :return: exit code.
+    """
+    handled = 0
+    stop_deadline: float | None = None
+    exit_code = 0
+
+    def stop_all() -> None:
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    while any(child.poll() is None for child in children.values()):
+        if len(received) > handled:
+            if stop_deadline is None:
+                name = signal.Signals(received[handled]).name
+                logger.info("%s: stopping server and worker (at most %.0fs)", name, grace)
+                stop_deadline = time.monotonic() + grace
+            handled = len(received)
+            stop_all()
+        elif stop_deadline is None:
+            exited = [(name, c.returncode) for name, c in children.items() if c.poll() is not None]
+            if exited:
+                name, code = exited[0]
+                logger.error("%s exited with code %s; stopping the other process", name, code)
+                exit_code = code or 1
+                stop_deadline = time.monotonic() + grace
+                stop_all()
+        if stop_deadline is not None and time.monotonic() > stop_deadline:
+            for name, child in children.items():
+                if child.poll() is None:
+                    logger.error("%s still running %.0fs after SIGTERM: killing it", name, grace)
+                    child.kill()
+            exit_code = exit_code or 1
+            break
+        time.sleep(0.1)
+    for child in children.values():
+        child.wait()
+    if exit_code == 0 and received:
         # A child ended by the forwarded signal counts as a clean stop.
-        exit_code = 0 if all(code in (0, -signal.SIGTERM, -signal.SIGINT) for code in codes) else 1
+        clean = (0, -signal.SIGTERM, -signal.SIGINT)
+        exit_code = 0 if all(c.returncode in clean for c in children.values()) else 1
     return exit_code

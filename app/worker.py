@@ -82,7 +82,13 @@ class TaskMetricsMiddleware(TaskiqMiddleware):
         :param result: what it returned or raised.
         """
         started = self._started.pop(message.task_id, None)
-        duration = time.perf_counter() - started if started is not None else result.execution_time
+        if started is not None:
+            duration = time.perf_counter() - started
+            # taskiq rounds execution_time to 10 ms (0.0 for short tasks); the result saved next
+            # keeps microseconds.
+            result.execution_time = round(duration, 6)
+        else:
+            duration = result.execution_time
         metrics.TASKS_IN_FLIGHT.dec()
         series = self._of(message.task_name)
         series.duration.observe(duration)
@@ -157,9 +163,12 @@ class ProbeServer:
                 await asyncio.wait_for(self.server.wait_closed(), 2)
 
     async def ready(self) -> tuple[bool, str]:
-        """Tell whether this worker can take tasks: NATS connected, Redis answers, listening."""
+        """Tell whether this worker can take tasks: NATS and its stream, Redis, listening."""
         if not self.broker.nats_connected:
             return False, "nats disconnected"
+        problem = await self.broker.jetstream_problem()
+        if problem is not None:
+            return False, f"nats: {problem}"
         try:
             await asyncio.wait_for(self.broker.results.ping(), 2)
         except Exception as exc:
@@ -218,6 +227,8 @@ async def _poll_queue_depth(broker: KiqBroker) -> None:
 async def on_worker_startup(state: TaskiqState) -> None:
     """WORKER_STARTUP handler: logging, probe server, queue-depth poller.
 
+    Runs before the broker connects to NATS, so the probes answer while the worker waits for it.
+
     :param state: taskiq state of this worker process (the broker is stored on it).
     """
     broker: KiqBroker = state.kiqstack_broker
@@ -228,7 +239,7 @@ async def on_worker_startup(state: TaskiqState) -> None:
     state.kiqstack_probes = probes
     state.kiqstack_poller = asyncio.create_task(_poll_queue_depth(broker))
     logger.info(
-        "worker ready: stream=%s consumer=%s concurrency=%d ack_wait=%ss max_deliver=%d",
+        "worker starting: stream=%s consumer=%s concurrency=%d ack_wait=%ss max_deliver=%d",
         settings.nats_stream,
         settings.nats_consumer,
         settings.worker_concurrency,

