@@ -14,7 +14,9 @@ Environment:
   E2E_BASE_URL      API base URL (skips the port-forward, e.g. an Ingress or a NodePort)
   E2E_API_TOKEN     bearer token when the release sets API_TOKEN
   E2E_REQUIRE       1 = fail instead of skip when the cluster or release is missing
-  E2E_CHART         chart directory for the helm upgrade test [chart]
+  E2E_CHART         chart directory for `helm upgrade` (with its dependencies) [chart]
+  E2E_NATS_SELECTOR label selector of the NATS pods in the namespace
+                    [app.kubernetes.io/name=nats,app.kubernetes.io/instance=<release>]
   E2E_ARTIFACTS     where pod logs are written when a test failed [.tmp/e2e-artifacts]
 """
 
@@ -29,7 +31,20 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from e2e.support import Api, Kube, PortForward, Target, kubectl_path, unavailable
+from e2e.support import (
+    Api,
+    Kube,
+    PortForward,
+    Target,
+    helm_upgrade,
+    kubectl_path,
+    unavailable,
+    wait_rollout,
+)
+
+# ACK_WAIT_SECONDS of the resilience tests: a killed worker's tasks are redelivered after 20 s
+# instead of the chart's default 300 s, so "nothing is lost" is proven in minutes.
+E2E_ACK_WAIT_SECONDS = 20
 
 
 def _fullname(release: str) -> str:
@@ -119,3 +134,18 @@ def api(kube: Kube, target: Target) -> Iterator[Api]:
     finally:
         api.close()
         forward.close()
+
+
+@pytest.fixture(scope="session")
+def ack_wait_seconds(kube: Kube, target: Target, api: Api) -> float:
+    """ACK_WAIT_SECONDS of the release, set to E2E_ACK_WAIT_SECONDS first when it differs.
+
+    A release installed with the chart's defaults (300 s) gets one `helm upgrade --reuse-values
+    --set config.ackWaitSeconds=20` (e2e/values.yaml on kind already has 20 s).
+    """
+    data = kube.core.read_namespaced_config_map(target.fullname, target.namespace).data or {}
+    if float(data.get("ACK_WAIT_SECONDS", "0")) != E2E_ACK_WAIT_SECONDS:
+        helm_upgrade(target, f"config.ackWaitSeconds={E2E_ACK_WAIT_SECONDS}")
+        for deployment in (target.server, target.worker):
+            wait_rollout(kube, target, deployment)
+    return float(E2E_ACK_WAIT_SECONDS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import queue
 import re
@@ -351,16 +352,22 @@ def scrape_service(
 
 
 def wait_rollout(kube: Kube, target: Target, deployment: str, timeout: float = 300.0) -> None:
-    """Like `kubectl rollout status`: the newest template is fully rolled out and available."""
+    """Like `kubectl rollout status`: the newest template is fully rolled out and available, and
+    no pod of an older template is left, not even one still terminating (a draining worker of the
+    old configuration would otherwise still be running tasks when the next test starts)."""
     deadline = time.monotonic() + timeout
     while True:
         dep = kube.apps.read_namespaced_deployment(deployment, target.namespace)
         status, want = dep.status, dep.spec.replicas or 0
+        selector = ",".join(f"{k}={v}" for k, v in dep.spec.selector.match_labels.items())
+        pods = kube.core.list_namespaced_pod(target.namespace, label_selector=selector).items
         if (
             (status.observed_generation or 0) >= dep.metadata.generation
             and (status.updated_replicas or 0) == want
             and (status.replicas or 0) == want
             and (status.available_replicas or 0) == want
+            and len(pods) == want
+            and all(pod.metadata.deletion_timestamp is None for pod in pods)
         ):
             return
         assert time.monotonic() < deadline, (
@@ -401,3 +408,218 @@ def sampling(sample: Callable[[], float | None], interval: float = 1.0) -> Itera
     finally:
         stop.set()
         thread.join(timeout=30)
+
+
+# --- Worker logs: executions per task id ------------------------------------------------------
+
+_TEXT_EVENT = re.compile(r"task (started|finished) id=(\S+)")
+
+
+@dataclass
+class Execution:
+    """One run of a task on one worker pod, from its "task started" log line."""
+
+    task_id: str
+    pod: str
+    started: float
+    finished: float | None = None
+    # when the pod's log stream ended (the container exited), for runs that never finished
+    stream_end: float | None = None
+
+    @property
+    def alive_until(self) -> float:
+        """When this run stopped: its "task finished" line, else the end of its pod's log."""
+        if self.finished is not None:
+            return self.finished
+        return self.stream_end if self.stream_end is not None else float("inf")
+
+
+def _log_event(text: str) -> tuple[str, str] | None:
+    """("start"|"finish", task id) of a kiqstack worker log line (JSON or text), else None."""
+    if text.startswith("{"):
+        try:
+            entry = json.loads(text)
+        except ValueError:
+            return None
+        event, task_id = entry.get("event"), entry.get("task_id")
+        if event in ("start", "finish") and isinstance(task_id, str):
+            return str(event), task_id
+        return None
+    match = _TEXT_EVENT.search(text)
+    if match:
+        return ("start" if match.group(1) == "started" else "finish"), match.group(2)
+    return None
+
+
+def _kubelet_time(stamp: str) -> float:
+    """Seconds since the epoch of a `kubectl logs --timestamps` prefix (RFC 3339, nanoseconds)."""
+    main, _, frac = stamp.rstrip("Z").partition(".")
+    base = dt.datetime.fromisoformat(main).replace(tzinfo=dt.UTC).timestamp()
+    return base + float(f"0.{frac or 0}")
+
+
+class WorkerLogs:
+    """Follow the logs of every worker pod (new ones included) while a ``with`` block runs.
+
+    A pod's log disappears with the pod, so the lines are read as they are written, through the API
+    server, with the kubelet's timestamps (one clock). :meth:`executions` turns the "task started" /
+    "task finished" lines into runs per task id.
+    """
+
+    def __init__(self, kube: Kube, target: Target, container: str = "worker") -> None:
+        self._kube, self._target, self._container = kube, target, container
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._followed: set[str] = set()
+        self._threads: list[threading.Thread] = []
+        # (pod, kubelet time, text); stream ends by pod
+        self.lines: list[tuple[str, float, str]] = []
+        self.stream_end: dict[str, float] = {}
+
+    def __enter__(self) -> WorkerLogs:
+        self._discover_once()
+        watcher = threading.Thread(target=self._discover, daemon=True)
+        watcher.start()
+        self._threads.append(watcher)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(2.0)  # the last lines of the pods that are still running
+        self._stop.set()
+        for thread in list(self._threads):
+            thread.join(timeout=10)
+
+    def _discover(self) -> None:
+        while not self._stop.wait(1.0):
+            with contextlib.suppress(Exception):
+                self._discover_once()
+
+    def _discover_once(self) -> None:
+        pods = self._kube.core.list_namespaced_pod(
+            self._target.namespace, label_selector=self._target.selector("worker")
+        ).items
+        for pod in pods:
+            name = pod.metadata.name
+            statuses = pod.status.container_statuses or []
+            running = any(s.name == self._container and s.state.running for s in statuses)
+            if name in self._followed or not running:
+                continue
+            self._followed.add(name)
+            thread = threading.Thread(target=self._follow, args=(name,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _follow(self, pod: str) -> None:
+        seen: set[str] = set()
+        since: int | None = None
+        while not self._stop.is_set():
+            # the pod going away (404) or a broken stream ends the read
+            with contextlib.suppress(Exception):
+                stream = self._kube.core.read_namespaced_pod_log(
+                    pod,
+                    self._target.namespace,
+                    container=self._container,
+                    follow=True,
+                    timestamps=True,
+                    since_seconds=since,
+                    _preload_content=False,
+                )
+                for raw in stream:
+                    for line in raw.decode(errors="replace").splitlines():
+                        stamp, _, text = line.partition(" ")
+                        if line in seen or not stamp[:1].isdigit():
+                            continue
+                        seen.add(line)
+                        with self._lock:
+                            self.lines.append((pod, _kubelet_time(stamp), text))
+                    if self._stop.is_set():
+                        break
+                stream.release_conn()
+            ended = time.time()
+            if not self._still_running(pod):
+                with self._lock:
+                    self.stream_end[pod] = ended
+                return
+            since = 30  # reconnect to a broken stream; repeated lines are skipped
+            time.sleep(1.0)
+
+    def _still_running(self, pod: str) -> bool:
+        try:
+            status = self._kube.core.read_namespaced_pod(pod, self._target.namespace).status
+        except Exception:
+            return False
+        return any(
+            s.name == self._container and s.state.running for s in status.container_statuses or []
+        )
+
+    def executions(self, task_ids: Iterable[str]) -> dict[str, list[Execution]]:
+        """The runs of the given tasks, in start order."""
+        wanted = set(task_ids)
+        runs: dict[str, list[Execution]] = {t: [] for t in wanted}
+        open_runs: dict[tuple[str, str], Execution] = {}
+        with self._lock:
+            lines = sorted(self.lines, key=lambda line: line[1])
+            ends = dict(self.stream_end)
+        for pod, at, text in lines:
+            event = _log_event(text)
+            if event is None or event[1] not in wanted:
+                continue
+            kind, task_id = event
+            if kind == "start":
+                run = Execution(task_id, pod, at, stream_end=ends.get(pod))
+                runs[task_id].append(run)
+                open_runs[(pod, task_id)] = run
+            elif (run := open_runs.pop((pod, task_id), None)) is not None:
+                run.finished = at
+        return runs
+
+
+def concurrent_runs(runs: dict[str, list[Execution]]) -> list[str]:
+    """Tasks that started again while an earlier run of theirs was still alive, described."""
+    problems = []
+    for task_id, executions in runs.items():
+        for i, later in enumerate(executions):
+            for earlier in executions[:i]:
+                if later.started < earlier.alive_until:
+                    problems.append(
+                        f"{task_id}: ran on {earlier.pod} from {earlier.started:.3f} "
+                        f"(alive until {earlier.alive_until:.3f}) and again on {later.pod} from "
+                        f"{later.started:.3f}, {later.started - earlier.started:.2f}s later"
+                    )
+    return problems
+
+
+# --- The release's pods and Helm --------------------------------------------------------------
+
+
+def kiqstack_pods(kube: Kube, target: Target) -> list[client.V1Pod]:
+    """The release's server and worker pods (not its helm test pods), terminating ones included."""
+    pods = kube.core.list_namespaced_pod(
+        target.namespace, label_selector=f"app.kubernetes.io/instance={target.release}"
+    ).items
+    return [
+        pod
+        for pod in pods
+        if (pod.metadata.labels or {}).get("app.kubernetes.io/component") in ("server", "worker")
+    ]
+
+
+def helm_upgrade(target: Target, *settings: str, timeout: str = "10m") -> None:
+    """`helm upgrade --reuse-values --set ... --wait` of the release under test (E2E_CHART)."""
+    helm = shutil.which(os.environ.get("E2E_HELM", "helm"))
+    chart = os.environ.get("E2E_CHART", "chart")
+    if helm is None:
+        unavailable("the helm CLI is not on PATH (needed to upgrade the release)")
+    if not os.path.isfile(os.path.join(chart, "Chart.yaml")) or not os.path.isdir(
+        os.path.join(chart, "charts")
+    ):
+        unavailable(
+            f"{chart}/ with built dependencies not found (run `helm dependency build {chart}`)"
+        )
+    cmd = [helm, "upgrade", target.release, chart, "--namespace", target.namespace]
+    if target.context:
+        cmd += ["--kube-context", target.context]
+    cmd += ["--reuse-values", *(a for s in settings for a in ("--set", s))]
+    cmd += ["--wait", "--timeout", timeout]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"

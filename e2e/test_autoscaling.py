@@ -1,4 +1,5 @@
-"""The worker HPA exists, targets the worker Deployment and reads metrics from metrics-server."""
+"""The worker HPA exists, targets the worker Deployment and reads live metrics from metrics-server
+(the worker container's CPU: the chart renders a ContainerResource metric)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,13 @@ def test_worker_hpa_targets_the_worker_deployment(kube: Kube, target: Target) ->
     assert (ref.api_version, ref.kind, ref.name) == ("apps/v1", "Deployment", target.worker)
     assert hpa.spec.min_replicas >= 2, "e2e/values.yaml asks for two workers at least"
     assert hpa.spec.max_replicas >= hpa.spec.min_replicas
-    assert any(m.type == "Resource" and m.resource.name == "cpu" for m in hpa.spec.metrics)
+    # The chart scales on the worker container's CPU (ContainerResource), not the pod's.
+    assert any(
+        m.type == "ContainerResource"
+        and m.container_resource.name == "cpu"
+        and m.container_resource.container == "worker"
+        for m in hpa.spec.metrics
+    ), hpa.spec.metrics
     # The HPA owns the replica count (the chart renders no `replicas`): right after the install the
     # Deployment has the default 1 until the HPA raises it to minReplicas, whatever the metrics say.
     deadline = time.monotonic() + 120
@@ -77,9 +84,10 @@ def test_worker_hpa_reports_current_metrics(kube: Kube, target: Target) -> None:
         current = [
             m
             for m in hpa.status.current_metrics or []
-            if m.type == "Resource"
-            and m.resource.name == "cpu"
-            and m.resource.current.average_utilization is not None
+            if m.type == "ContainerResource"
+            and m.container_resource.name == "cpu"
+            and m.container_resource.container == "worker"
+            and m.container_resource.current.average_utilization is not None
         ]
         conditions = {c.type: c.status for c in hpa.status.conditions or []}
         if current and conditions.get("ScalingActive") == "True":

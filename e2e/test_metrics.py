@@ -23,8 +23,10 @@ from e2e.support import (
 
 pytestmark = pytest.mark.e2e
 
+# METRICS_PORT (chart `config.metricsPort`): /metrics of both roles, container port `http-metrics`;
+# the server's API port `http` serves no /metrics.
 WORKER_METRICS_PORT = 9000
-SERVER_PORT = 8000
+SERVER_METRICS_PORT = 9000
 
 
 def _worker_texts(kube: Kube, target: Target) -> dict[str, str]:
@@ -46,13 +48,20 @@ def _queue_pending(kube: Kube, target: Target) -> float | None:
 
 def test_server_metrics_through_the_service(api: Api, kube: Kube, target: Target) -> None:
     api.wait_for(api.dispatch(ADD, 1, 1))  # at least one dispatch and one status read
-    text = scrape_service(kube, target, target.server, "http")
-    names = metric_names(text)
+    # The Service's metrics port answers (whichever server pod it picks)...
+    text = scrape_service(kube, target, target.server, "http-metrics")
+    for family in ("kiqstack_http_requests_total", "kiqstack_http_request_duration_seconds"):
+        assert f"# TYPE {family} " in text, f"{family} not declared by the server's /metrics"
+    # ...and the pod that served the requests above counted them (scrapes of the metrics port
+    # are not API requests, so a pod that served none has no samples yet).
+    names: set[str] = set()
+    for pod in ready_pods(kube, target, "server"):
+        names |= metric_names(scrape_pod(kube, target, pod.metadata.name, SERVER_METRICS_PORT))
     for name in (
         "kiqstack_http_requests_total",
         "kiqstack_http_request_duration_seconds_bucket",
     ):
-        assert name in names, f"{name} missing from the server's /metrics"
+        assert name in names, f"{name} missing from the server pods' /metrics"
 
 
 def test_server_metrics_count_dispatches(api: Api, kube: Kube, target: Target) -> None:
@@ -62,7 +71,7 @@ def test_server_metrics_count_dispatches(api: Api, kube: Kube, target: Target) -
     assert pods, "no ready server pods"
     total = sum(
         metric_sum(
-            scrape_pod(kube, target, pod.metadata.name, SERVER_PORT),
+            scrape_pod(kube, target, pod.metadata.name, SERVER_METRICS_PORT),
             "kiqstack_tasks_dispatched_total",
             task_name=ADD,
         )

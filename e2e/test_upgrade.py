@@ -6,14 +6,9 @@ so it can run again on the same release.
 
 from __future__ import annotations
 
-import os
-import pathlib
-import shutil
-import subprocess
-
 import pytest
 
-from e2e.support import ADD, Api, Kube, Target, ready_pods, unavailable, wait_rollout
+from e2e.support import ADD, Api, Kube, Target, helm_upgrade, ready_pods, wait_rollout
 
 pytestmark = pytest.mark.e2e
 
@@ -32,15 +27,6 @@ def _template_annotations(kube: Kube, target: Target, deployment: str) -> dict[s
 def test_helm_upgrade_with_a_changed_setting_rolls_the_pods(
     api: Api, kube: Kube, target: Target
 ) -> None:
-    helm = shutil.which(os.environ.get("E2E_HELM", "helm"))
-    chart = pathlib.Path(os.environ.get("E2E_CHART", "chart"))
-    if helm is None:
-        unavailable("the helm CLI is not on PATH (needed for the upgrade test)")
-    if not (chart / "Chart.yaml").is_file() or not (chart / "charts").is_dir():
-        unavailable(
-            f"{chart}/ with built dependencies not found (run `helm dependency build {chart}`)"
-        )
-
     old_level = _log_level(kube, target)
     new_level = "DEBUG" if old_level != "DEBUG" else "INFO"
     before = {
@@ -51,12 +37,7 @@ def test_helm_upgrade_with_a_changed_setting_rolls_the_pods(
         d: _template_annotations(kube, target, d) for d in (target.server, target.worker)
     }
 
-    cmd = [helm, "upgrade", target.release, str(chart), "--namespace", target.namespace]
-    if target.context:
-        cmd += ["--kube-context", target.context]
-    cmd += ["--reuse-values", "--set", f"config.logLevel={new_level}", "--wait", "--timeout", "10m"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=700, check=False)
-    assert done.returncode == 0, f"helm upgrade failed:\n{done.stdout}\n{done.stderr}"
+    helm_upgrade(target, f"config.logLevel={new_level}")
 
     assert _log_level(kube, target) == new_level
     for deployment, component in ((target.server, "server"), (target.worker, "worker")):

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.ci.conftest import ROOT, load_yaml
 
@@ -27,7 +28,14 @@ REQUIRED_TESTS = [
     "test_worker_metrics_on_every_worker_pod",
     "test_queue_depth_moves_during_a_burst",
     "test_helm_upgrade_with_a_changed_setting_rolls_the_pods",
+    "test_metrics_api_reports_worker_pods",
+    "test_tasks_as_long_as_ack_wait_run_once",
+    "test_nats_restarted_without_its_data_new_tasks_succeed",
+    "test_every_log_line_of_every_kiqstack_pod_is_one_json_object",
 ]
+
+# Scripts of the e2e suite: the shared kind / existing-cluster runner and the CI cluster's.
+SCRIPTS = ["e2e/run.sh", "e2e/cluster/cluster.sh", "e2e/cluster/ci.sh"]
 
 
 def _pytest(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -83,17 +91,19 @@ def test_e2e_require_turns_the_skip_into_a_failure(tmp_path: Path) -> None:
     assert "E2E_REQUIRE=1 but no Kubernetes cluster configured" in done.stdout
 
 
-def test_run_script_parses() -> None:
-    done = subprocess.run(["bash", "-n", "e2e/run.sh"], cwd=ROOT, capture_output=True, text=True)
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_scripts_parse(script: str) -> None:
+    done = subprocess.run(["bash", "-n", script], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
 
-def test_run_script_passes_shellcheck() -> None:
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_scripts_pass_shellcheck(script: str) -> None:
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
         pytest.skip("shellcheck is not installed")
     done = subprocess.run(
-        [shellcheck, "e2e/run.sh"], cwd=ROOT, capture_output=True, text=True, check=False
+        [shellcheck, script], cwd=ROOT, capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stdout
 
@@ -109,8 +119,30 @@ def test_run_script_and_make_agree_on_names() -> None:
     for dep in chart["dependencies"]:
         assert dep["repository"] in script, f"run.sh does not add the {dep['name']} repository"
         assert dep["repository"] in makefiles, f"`make chart-deps` does not add {dep['name']}"
-    assert "--values e2e/values.yaml" in script
+    assert 'kind) E2E_VALUES="${E2E_VALUES:-e2e/values.yaml}"' in script
+    assert 'existing) E2E_VALUES="${E2E_VALUES:-e2e/existing-values.yaml}"' in script
+    assert "--values e2e/harness/values.yaml" in script
     assert "KEEP_CLUSTER" in script
+    assert re.search(r"^e2e: .*\n\tE2E_CLUSTER=kind ", makefiles, re.MULTILINE)
+    assert re.search(r"^e2e-existing: .*\n\tE2E_CLUSTER=existing ", makefiles, re.MULTILINE)
+
+
+def test_harness_hands_credentials_to_the_release_through_a_secret() -> None:
+    """The harness's NATS and Valkey require credentials; the release reads its URLs from the
+    Secret run.sh creates, named in e2e/harness/values.yaml, and the subcharts are off there."""
+    script = (ROOT / "e2e" / "run.sh").read_text()
+    values = load_yaml(ROOT / "e2e" / "harness" / "values.yaml")
+    assert values["nats"] == {"enabled": False}
+    assert values["valkey"] == {"enabled": False}
+    secret = values["externalNats"]["existingSecret"]
+    assert values["externalRedis"]["existingSecret"] == secret
+    assert f'HARNESS_URLS_SECRET="{secret}"' in script
+    assert "nats://kiqstack:${nats_password}@" in script
+    assert "redis://:${valkey_password}@" in script
+    nats = (ROOT / "e2e" / "harness" / "nats.yaml").read_text()
+    valkey = (ROOT / "e2e" / "harness" / "valkey.yaml").read_text()
+    assert "password: $NATS_PASSWORD" in nats
+    assert "--requirepass, $(VALKEY_PASSWORD)" in valkey
 
 
 def test_kind_node_image_is_pinned_to_the_kind_release_default() -> None:
@@ -120,3 +152,27 @@ def test_kind_node_image_is_pinned_to_the_kind_release_default() -> None:
     config = load_yaml(ROOT / "e2e" / "kind-config.yaml")
     assert [n["role"] for n in config["nodes"]] == ["control-plane", "worker"]
     assert all(n["image"] == expected for n in config["nodes"])
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["e2e/harness/nats.yaml", "e2e/harness/valkey.yaml", "e2e/cluster/metrics-server.yaml"],
+)
+def test_manifests_of_the_harness_and_the_ci_cluster_are_valid(path: str) -> None:
+    """The manifests e2e/run.sh and e2e/cluster/cluster.sh apply, placeholders filled in, are
+    valid objects of the Kubernetes version the CI cluster runs (strict: no unknown fields)."""
+    import kubernetes_validate
+
+    text = (ROOT / path).read_text()
+    for placeholder, value in {
+        "@NATS_IMAGE@": "nats:2.14.2-alpine",
+        "@VALKEY_IMAGE@": "valkey/valkey:9.1.1",
+        "@IMAGE@": "metrics-server:v0.8.0",
+        "@KUBELET_PORT@": "10250",
+    }.items():
+        text = text.replace(placeholder, value)
+    assert not re.search(r"@[A-Z_]+@", text), "an unknown placeholder is left"
+    objects = [o for o in yaml.safe_load_all(text) if o]
+    assert objects
+    for obj in objects:
+        kubernetes_validate.validate(obj, "1.36", strict=True)

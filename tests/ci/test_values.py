@@ -1,4 +1,4 @@
-"""chart/values-dev.yaml (skaffold) and e2e/values.yaml (kind e2e) fit the chart.
+"""chart/values-dev.yaml (skaffold) and the e2e values (kind, existing cluster, harness) fit.
 
 kiqstack's own keys are checked by chart/values.schema.json; the subchart keys (the NATS chart has
 no schema: old or misspelt keys are silently ignored) are checked against the upstream keys below.
@@ -16,7 +16,12 @@ import pytest
 from tests.chart.chartlib import CHART_DIR, render_objects, validate_schema
 from tests.ci.conftest import ROOT, find, load_yaml
 
-VALUES_FILES = ["chart/values-dev.yaml", "e2e/values.yaml"]
+VALUES_FILES = [
+    "chart/values-dev.yaml",
+    "e2e/values.yaml",
+    "e2e/existing-values.yaml",
+    "e2e/harness/values.yaml",
+]
 
 # Keys kiqstack sets in the subcharts, as they exist upstream (nats-io/k8s 957650f
 # helm/charts/nats/values.yaml at chart 2.14.2; valkey-io/valkey-helm valkey/values.yaml at 0.11.0).
@@ -25,6 +30,7 @@ UPSTREAM_KEYS = {
         "enabled",  # the dependency condition, not an upstream key
         "config.cluster.enabled",
         "config.jetstream.fileStore.pvc.size",
+        "config.jetstream.fileStore.pvc.enabled",
         "container.resources.requests.cpu",
         "container.resources.requests.memory",
         "container.resources.limits.memory",
@@ -98,6 +104,17 @@ def test_dev_values_fit_the_inner_loop() -> None:
     assert dev["nats"]["config"]["cluster"]["enabled"] is False, "one NATS server"
 
 
+def test_existing_cluster_values_keep_the_chart_defaults() -> None:
+    """`make e2e-existing` and .ci/run install as a user would: the chart's defaults plus only
+    what the suite needs (two workers) and, with the harness, the external NATS and Valkey."""
+    assert _values("e2e/existing-values.yaml") == {
+        "config": {"taskModules": "app.tasks.example"},
+        "worker": {"autoscaling": {"minReplicas": 2}},
+    }
+    harness = _values("e2e/harness/values.yaml")
+    assert set(harness) == {"nats", "valkey", "externalNats", "externalRedis"}
+
+
 def test_e2e_values_fit_the_suite() -> None:
     e2e = _values("e2e/values.yaml")
     assert "reload" not in e2e.get("config", {}), "e2e runs production settings"
@@ -106,10 +123,13 @@ def test_e2e_values_fit_the_suite() -> None:
     assert autoscaling["mode"] == "hpa"
     assert autoscaling["minReplicas"] >= 2, "the pod-deletion test needs a second worker"
     assert e2e["config"]["ackWaitSeconds"] <= 60, "redelivery must happen within the test timeouts"
+    assert e2e["config"]["taskModules"] == "app.tasks.example", "the suite runs the examples"
     assert e2e["nats"]["config"]["cluster"]["enabled"] is False, "one NATS server on kind"
+    pvc = e2e["nats"]["config"]["jetstream"]["fileStore"]["pvc"]
+    assert pvc["enabled"] is False, "the NATS data-loss test needs NATS without persistence"
 
 
-@pytest.mark.parametrize("path", VALUES_FILES)
+@pytest.mark.parametrize("path", ["chart/values-dev.yaml", "e2e/values.yaml"])
 def test_values_render_small_pods(chart: Path, path: str) -> None:
     values = _values(path) | {"image": {"repository": "kiqstack", "tag": "test"}}
     objects = render_objects(chart, values, name="kiqstack", namespace="kiqstack")
