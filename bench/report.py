@@ -61,6 +61,8 @@ METRICS: dict[str, tuple[Getter, bool]] = {
     "drain_enqueue_cpu_ms": (_field("drain", "cpu_ms_per_task", "enqueue_client"), False),
     "drain_nats_cpu_ms": (_field("drain", "cpu_ms_per_task", "nats-server"), False),
     "drain_redis_cpu_ms": (_field("drain", "cpu_ms_per_task", "redis-server"), False),
+    "e2e_other_cores": (_field("e2e", "other_cores"), False),
+    "drain_other_cores": (_field("drain", "other_cores"), False),
 }
 RATIO_METRICS = ("e2e", "drain", "p50", "p99", "rss", "rss_total")
 
@@ -124,6 +126,10 @@ def _scale(configs: list[str], rounds: list[dict[str, Any]], params: dict[str, A
         drain[n] = {
             "tasks_per_s": _median([_get(x, "tasks_per_s") for x in runs]),
             "worker_cpu_ms_per_task": _median([_get(x, "cpu_ms_per_task", "worker") for x in runs]),
+            "nats_cpu_ms_per_task": _median(
+                [_get(x, "cpu_ms_per_task", "nats-server") for x in runs]
+            ),
+            "other_cores": _median([_get(x, "other_cores") for x in runs]),
             "enqueue_per_s": _median([_get(x, "enqueue_per_s") for x in runs]),
             "runs": [_get(x, "tasks_per_s") for x in runs],
         }
@@ -230,8 +236,8 @@ def table(doc: dict[str, Any]) -> str:
         f"| drain of {params['drain_n']:,}, tasks/s "
         f"| latency at {params['latency_rate_per_s']:g}/s, p50 / p99 ms "
         "| worker peak RSS, largest / total MB | CPU ms per task e2e, client / worker "
-        "| kiqstack / this: e2e, drain |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| kiqstack / this: e2e, drain | other processes, cores: e2e, drain |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c, m in medians.items():
         label = CONFIGS[c].label + (" (tuned)" if CONFIGS[c].tuned else "")
@@ -245,20 +251,23 @@ def table(doc: dict[str, Any]) -> str:
             f"| {label} | {_fmt(m['e2e'])} | {_fmt(m['drain'])} "
             f"| {_fmt(m['p50'], 1)} / {_fmt(m['p99'], 1)} "
             f"| {_fmt(m['rss'], 1)} / {_fmt(m['rss_total'], 1)} "
-            f"| {_fmt(m['e2e_client_cpu_ms'], 2)} / {_fmt(m['e2e_worker_cpu_ms'], 2)} | {vs} |"
+            f"| {_fmt(m['e2e_client_cpu_ms'], 2)} / {_fmt(m['e2e_worker_cpu_ms'], 2)} | {vs} "
+            f"| {_fmt(m['e2e_other_cores'], 2)}, {_fmt(m['drain_other_cores'], 2)} |"
         )
     lines = rows
     scale = doc["scale"]
     if scale["drain"]:
         lines += [
             "",
-            "| kiqstack drain of N queued | tasks/s | worker CPU ms per task | enqueue tasks/s |",
-            "|---:|---:|---:|---:|",
+            "| kiqstack drain of N queued | tasks/s | CPU ms per task, worker / nats-server "
+            "| enqueue tasks/s | other processes, cores |",
+            "|---:|---:|---:|---:|---:|",
         ]
         for n, s in scale["drain"].items():
             lines.append(
-                f"| {int(n):,} | {_fmt(s['tasks_per_s'])} | {_fmt(s['worker_cpu_ms_per_task'], 3)} "
-                f"| {_fmt(s['enqueue_per_s'])} |"
+                f"| {int(n):,} | {_fmt(s['tasks_per_s'])} "
+                f"| {_fmt(s['worker_cpu_ms_per_task'], 3)} / {_fmt(s['nats_cpu_ms_per_task'], 3)} "
+                f"| {_fmt(s['enqueue_per_s'])} | {_fmt(s['other_cores'], 2)} |"
             )
         flat = scale.get("drain_100k_vs_10k")
         if flat:

@@ -216,6 +216,22 @@ def _per_task_ms(seconds: float, n: int) -> float | None:
     return round(seconds / n * 1000, 4) if n > 0 else None
 
 
+def _machine_share(busy0: float, wall0: float, ours: float) -> dict[str, float]:
+    """Cores the whole machine kept busy since ``busy0``, and how many went to other processes.
+
+    ``other_cores`` is CPU used by processes that are not part of this measurement (other users
+    of a shared machine, the orchestrator): a measurement with a large value ran on less.
+    """
+    wall = time.perf_counter() - wall0
+    busy = procs.machine_busy_seconds() - busy0
+    if wall <= 0:
+        return {"machine_busy_cores": float("nan"), "other_cores": float("nan")}
+    return {
+        "machine_busy_cores": round(busy / wall, 2),
+        "other_cores": round(max(0.0, busy - ours) / wall, 2),
+    }
+
+
 def _session(
     cfg: Config, plan: Plan, infra: Infra, workdir: Path, scenarios: list[str]
 ) -> dict[str, Any]:
@@ -233,12 +249,15 @@ def _session(
             client = Client(cfg, scenario, env, args)
             client.ready()
             servers0, worker0 = infra.server_cpu(), worker.tree_cpu()
+            busy0, wall0 = procs.machine_busy_seconds(), time.perf_counter()
             result = client.go()
             worker_cpu = worker.tree_cpu() - worker0
             servers = {k: v - servers0[k] for k, v in infra.server_cpu().items()}
+            ours = result["client_cpu_s"] + worker_cpu + sum(servers.values())
             n = int(result["n"])
             result.update(
                 load_before=load,
+                **_machine_share(busy0, wall0, ours),
                 worker_cpu_s=worker_cpu,
                 server_cpu_s=servers,
                 cpu_ms_per_task={
@@ -282,6 +301,7 @@ def _drain(cfg: Config, n: int, plan: Plan, infra: Infra, workdir: Path) -> dict
             if first_t is None and count > 0:
                 first_t, first_count = now, count
                 cpu_at_first, servers0 = worker.tree_cpu(), infra.server_cpu()
+                busy0, wall0 = procs.machine_busy_seconds(), now
             if count >= n:
                 break
             if time.monotonic() > deadline or not worker.alive():
@@ -298,6 +318,7 @@ def _drain(cfg: Config, n: int, plan: Plan, infra: Infra, workdir: Path) -> dict
             "tasks_per_s": done / elapsed if elapsed > 0 else float("nan"),
             "enqueue_per_s": enqueue["kiq_per_s"],
             "load_before": load,
+            **_machine_share(busy0, wall0, worker_cpu + sum(servers.values())),
             "worker_cpu_s": worker_cpu,
             "server_cpu_s": servers,
             "cpu_ms_per_task": {
