@@ -17,7 +17,7 @@ $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml bench/requirements-a
 bench-peers: $(VENV)/.bench-installed ## Install the benchmark's peers (Celery, Dramatiq; arq in its own venv).
 
 .PHONY: bench
-bench: bench-peers ## Full comparison, 3 interleaved rounds (about 45 min on 2 cores); bench/results/latest.json.
+bench: bench-peers ## Full comparison, 3 interleaved rounds (about 40 min on 2 cores); bench/results/latest.json.
 	$(PY) -m bench $(BENCH_ARGS)
 
 .PHONY: bench-smoke
