@@ -1,1 +1,1 @@
-"""Benchmarks: kiqstack against stock taskiq-nats and taskiq-redis setups (``python -m bench``)."""
+"""Benchmarks: kiqstack against stock taskiq, Celery, Dramatiq and arq (``python -m bench``)."""

@@ -2,17 +2,14 @@
 
 Starts its own ``nats-server -js`` and ``redis-server`` (or uses ``--nats-url``/``--redis-url``,
 which must be scratch servers: Redis databases 0 and 1 are flushed and every JetStream stream the
-run creates is deleted), then runs each scenario for each configuration, back to back, so that the
-ratios compare runs made on the same machine at the same time:
+run creates is deleted), then measures every configuration of :mod:`bench.configs` (kiqstack,
+stock taskiq, Celery, Dramatiq, arq) in rounds. Each round runs every scenario for every
+configuration, in an order rotated from round to round, and records the load average before and
+after; the report keeps the per-round figures and their medians, so that ratios compare runs made
+on the same machine at the same time.
 
-* (a) ``kiqstack``: ``python -m app worker`` as shipped, the client using ``app.tasks.broker``;
-* (b) ``stock_nats``: taskiq-nats ``PullBasedJetStreamBroker`` + ``RedisAsyncResultBackend``,
-  their defaults;
-* (c) ``redis_list``: taskiq-redis ``ListQueueBroker`` + the same backend (at-most-once).
-
-Every worker is a real worker process (``-w 1``), every client a separate process
-(:mod:`bench.client`). The table goes to stdout; the JSON to ``bench/results/latest.json``
-(``--out``).
+Every worker is a real worker process, every client a separate process (:mod:`bench.client`). The
+table goes to stdout; the JSON to ``bench/results/latest.json`` (``--out``).
 """
 
 from __future__ import annotations
@@ -30,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,16 +35,12 @@ from typing import Any
 import httpx
 import redis
 
-from bench import procs
+from bench import procs, report
+from bench.configs import CONFIGS, Config
 from bench.load import run_load
 from scripts.localinfra import find_nats_server, free_port, local_infra
 
-CONFIGS = ("kiqstack", "stock_nats", "redis_list")
-LABELS = {
-    "kiqstack": "(a) kiqstack",
-    "stock_nats": "(b) taskiq-nats stock",
-    "redis_list": "(c) taskiq-redis ListQueue",
-}
+SCENARIOS = ("e2e", "latency", "drain", "scale", "http", "bulk")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PACKAGES = (
     "taskiq",
@@ -63,6 +55,10 @@ PACKAGES = (
     "uvicorn",
     "httptools",
     "pydantic",
+    "celery",
+    "kombu",
+    "billiard",
+    "dramatiq",
 )
 
 
@@ -71,7 +67,9 @@ class Plan:
     """What one run measures."""
 
     smoke: bool
-    ns: list[int]
+    e2e_n: int
+    drain_n: int
+    scale_ns: list[int]
     window: int
     rate: float
     latency_seconds: float
@@ -80,6 +78,14 @@ class Plan:
     repeat: int
     configs: list[str]
     scenarios: list[str]
+
+    def runs(self, config: str, scenario: str) -> bool:
+        """Tell whether ``config`` is measured in ``scenario``."""
+        return (
+            config in self.configs
+            and scenario in self.scenarios
+            and (scenario in CONFIGS[config].scenarios)
+        )
 
 
 @dataclass
@@ -97,8 +103,12 @@ class Infra:
 
     @property
     def queue_url(self) -> str:
-        """Redis database holding the ListQueueBroker queue."""
+        """Redis database holding the Redis brokers' queues (ListQueue, Celery, Dramatiq, arq)."""
         return f"{self.redis_base}/0"
+
+    def server_cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by the servers we started."""
+        return {name: procs.cpu_seconds(pid) for name, pid in self.pids.items()}
 
 
 def _log(message: str) -> None:
@@ -107,8 +117,7 @@ def _log(message: str) -> None:
 
 
 # -- environment of each configuration ----------------------------------------------------------
-def _env(config: str, infra: Infra, workdir: Path) -> dict[str, str]:
-    tag = uuid.uuid4().hex[:10]
+def _env(cfg: Config, infra: Infra, workdir: Path) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -119,36 +128,18 @@ def _env(config: str, infra: Infra, workdir: Path) -> dict[str, str]:
         NATS_URL=infra.nats_url,
         REDIS_URL=infra.results_url,
         BENCH_QUEUE_URL=infra.queue_url,
+        **cfg.names(),
+        **cfg.env,
     )
-    if config == "kiqstack":
+    if cfg.client == "kiqstack":
         env.update(
-            NATS_STREAM=f"kqb_{tag}",
-            NATS_SUBJECT=f"kqb.{tag}.tasks",
-            NATS_CONSUMER=f"kqbw_{tag}",
-            NATS_DEAD_LETTER_STREAM=f"kqbdl_{tag}",
-            NATS_DEAD_LETTER_SUBJECT=f"kqb.{tag}.dead",
             HOST="127.0.0.1",
             METRICS_PORT=str(free_port()),
             PORT=str(free_port()),
             SHUTDOWN_DELAY_SECONDS="0",
             PROMETHEUS_MULTIPROC_DIR=str(workdir),
         )
-    elif config == "stock_nats":
-        env.update(
-            BENCH_STREAM=f"stk_{tag}",
-            BENCH_SUBJECT=f"stk.{tag}",
-            BENCH_DURABLE=f"stkd_{tag}",
-        )
-    else:
-        env.update(BENCH_QUEUE=f"taskiq_{tag}")
     return env
-
-
-def _worker_argv(config: str) -> list[str]:
-    if config == "kiqstack":
-        return [procs.python(), "-m", "app", "worker"]
-    module = "bench.stock_nats" if config == "stock_nats" else "bench.stock_redis"
-    return [procs.python(), "-m", "taskiq", "worker", f"{module}:broker", "-w", "1"]
 
 
 async def _delete_streams(nats_url: str, names: list[str]) -> None:
@@ -164,12 +155,9 @@ async def _delete_streams(nats_url: str, names: list[str]) -> None:
         await client.close()
 
 
-def _cleanup(config: str, env: dict[str, str], infra: Infra) -> None:
-    streams = []
-    if config == "kiqstack":
-        streams = [env["NATS_STREAM"], env["NATS_DEAD_LETTER_STREAM"]]
-    elif config == "stock_nats":
-        streams = [env["BENCH_STREAM"]]
+def _cleanup(env: dict[str, str], infra: Infra) -> None:
+    keys = ("NATS_STREAM", "NATS_DEAD_LETTER_STREAM", "BENCH_STREAM")
+    streams = [env[k] for k in keys if k in env]
     if streams:
         asyncio.run(_delete_streams(infra.nats_url, streams))
     for url in (infra.results_url, infra.queue_url):
@@ -177,92 +165,182 @@ def _cleanup(config: str, env: dict[str, str], infra: Infra) -> None:
             r.flushdb()
 
 
+def _done_counter(cfg: Config, env: dict[str, str], infra: Infra, n: int) -> Any:
+    """How many tasks have a stored result (for the drain scenario)."""
+    if cfg.client == "arq":
+        # arq keeps queue, jobs and results in one database; a finished job leaves the queue in
+        # the same transaction that stores its result.
+        client = redis.Redis.from_url(infra.queue_url)
+        return client, lambda: n - int(client.zcard(env["BENCH_QUEUE"]))
+    client = redis.Redis.from_url(infra.results_url)
+    return client, lambda: int(client.dbsize())
+
+
 # -- one measurement ------------------------------------------------------------------------------
-def _client(config: str, scenario: str, env: dict[str, str], *args: str) -> dict[str, Any]:
-    out = subprocess.run(
-        [procs.python(), "-m", "bench.client", config, scenario, *args],
-        env=env,
-        cwd=procs.ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"client {config} {scenario} failed:\n{out.stderr[-4000:]}")
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+class Client:
+    """A client process that warms up, says ``ready``, and measures after ``go`` on stdin."""
 
+    def __init__(self, cfg: Config, scenario: str, env: dict[str, str], args: list[str]) -> None:
+        """Start the client."""
+        self.label = f"client {cfg.name} {scenario}"
+        self.popen = subprocess.Popen(
+            [cfg.python(), "-m", "bench.client", cfg.client, scenario, "--handshake", *args],
+            env=env,
+            cwd=procs.ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
-def _server_cpu(infra: Infra) -> dict[str, float]:
-    return {name: procs.cpu_seconds(pid) for name, pid in infra.pids.items()}
+    def ready(self, timeout: float = 120) -> None:
+        """Wait for the end of the warm-up."""
+        assert self.popen.stdout is not None  # noqa: S101
+        deadline = time.monotonic() + timeout
+        line = self.popen.stdout.readline()
+        if line.strip() != "ready" or time.monotonic() > deadline:
+            self.popen.kill()
+            _, err = self.popen.communicate()
+            raise RuntimeError(f"{self.label} failed:\n{line}{err[-4000:]}")
 
-
-def _with_worker(
-    config: str, scenario: str, infra: Infra, workdir: Path, client_args: list[str]
-) -> dict[str, Any]:
-    env = _env(config, infra, workdir)
-    worker = procs.Proc(_worker_argv(config), env, workdir / f"worker-{config}-{scenario}.log")
-    try:
-        servers_before = _server_cpu(infra)
-        # The client's warm-up tasks wait for the worker to be up; CPU is sampled around the run.
-        worker_before = worker.tree_cpu()
-        result = _client(config, scenario, env, *client_args)
-        result["worker_cpu_s"] = worker.tree_cpu() - worker_before
-        after = _server_cpu(infra)
-        result["server_cpu_s"] = {k: after[k] - servers_before[k] for k in after}
-        result["worker_rss_mb"] = procs.peak_rss_mb(worker.main_pid())
-        if not worker.alive():
-            raise RuntimeError(f"worker {config} died:\n{worker.tail()}")
+    def go(self, timeout: float = 900) -> dict[str, Any]:
+        """Let the client measure; return its figures."""
+        out, err = self.popen.communicate("go\n", timeout=timeout)
+        if self.popen.returncode != 0:
+            raise RuntimeError(f"{self.label} failed:\n{err[-4000:]}")
+        result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
         return result
+
+
+def _per_task_ms(seconds: float, n: int) -> float | None:
+    return round(seconds / n * 1000, 4) if n > 0 else None
+
+
+def _machine_share(busy0: float, wall0: float, ours: float) -> dict[str, float]:
+    """Cores the whole machine kept busy since ``busy0``, and how many went to other processes.
+
+    ``other_cores`` is CPU used by processes that are not part of this measurement (other users
+    of a shared machine, the orchestrator): a measurement with a large value ran on less.
+    """
+    wall = time.perf_counter() - wall0
+    busy = procs.machine_busy_seconds() - busy0
+    if wall <= 0:
+        return {"machine_busy_cores": float("nan"), "other_cores": float("nan")}
+    return {
+        "machine_busy_cores": round(busy / wall, 2),
+        "other_cores": round(max(0.0, busy - ours) / wall, 2),
+    }
+
+
+def _session(
+    cfg: Config, plan: Plan, infra: Infra, workdir: Path, scenarios: list[str]
+) -> dict[str, Any]:
+    """One worker, then each of ``scenarios`` (e2e, latency) as a client run against it."""
+    env = _env(cfg, infra, workdir)
+    worker = procs.Proc(cfg.worker(), env, workdir / f"worker-{cfg.name}.log")
+    out: dict[str, Any] = {}
+    try:
+        for scenario in scenarios:
+            if scenario == "latency":
+                args = ["--rate", str(plan.rate), "--seconds", str(plan.latency_seconds)]
+            else:
+                args = ["--n", str(plan.e2e_n), "--window", str(plan.window)]
+            load = procs.load_average()
+            client = Client(cfg, scenario, env, args)
+            client.ready()
+            servers0, worker0 = infra.server_cpu(), worker.tree_cpu()
+            busy0, wall0 = procs.machine_busy_seconds(), time.perf_counter()
+            result = client.go()
+            worker_cpu = worker.tree_cpu() - worker0
+            servers = {k: v - servers0[k] for k, v in infra.server_cpu().items()}
+            ours = result["client_cpu_s"] + worker_cpu + sum(servers.values())
+            n = int(result["n"])
+            result.update(
+                load_before=load,
+                **_machine_share(busy0, wall0, ours),
+                worker_cpu_s=worker_cpu,
+                server_cpu_s=servers,
+                cpu_ms_per_task={
+                    "client": _per_task_ms(result["client_cpu_s"], n),
+                    "worker": _per_task_ms(worker_cpu, n),
+                    **{k: _per_task_ms(v, n) for k, v in servers.items()},
+                },
+                worker_memory=worker.memory(),
+            )
+            if not worker.alive():
+                raise RuntimeError(f"worker {cfg.name} died:\n{worker.tail()}")
+            out[scenario] = result
+        return out
     except Exception:
-        _log(f"worker log ({config}):\n{worker.tail()}")
+        _log(f"worker log ({cfg.name}):\n{worker.tail()}")
         raise
     finally:
         worker.stop()
-        _cleanup(config, env, infra)
+        _cleanup(env, infra)
 
 
-def _drain(config: str, n: int, infra: Infra, workdir: Path, window: int) -> dict[str, Any]:
-    env = _env(config, infra, workdir)
+def _drain(cfg: Config, n: int, plan: Plan, infra: Infra, workdir: Path) -> dict[str, Any]:
+    """Queue ``n`` tasks with no worker, start one, time it from first to last stored result."""
+    env = _env(cfg, infra, workdir)
     worker: procs.Proc | None = None
+    counter, count_done = _done_counter(cfg, env, infra, n)
     try:
-        enqueue = _client(config, "enqueue", env, "--n", str(n), "--window", str(window))
-        counter = redis.Redis.from_url(infra.results_url)
-        worker = procs.Proc(_worker_argv(config), env, workdir / f"worker-{config}-drain.log")
+        client = Client(cfg, "enqueue", env, ["--n", str(n), "--window", str(plan.window)])
+        client.ready()
+        enqueue = client.go()
+        load = procs.load_average()
+        worker = procs.Proc(cfg.worker(), env, workdir / f"worker-{cfg.name}-drain.log")
         first_t: float | None = None
         first_count = 0
-        deadline = time.monotonic() + 60 + n / 100
+        deadline = time.monotonic() + 120 + n / 20
         cpu_at_first = 0.0
+        servers0: dict[str, float] = {}
         while True:
-            count = int(counter.dbsize())
+            count = count_done()
             now = time.perf_counter()
             if first_t is None and count > 0:
                 first_t, first_count = now, count
-                cpu_at_first = worker.tree_cpu()
+                cpu_at_first, servers0 = worker.tree_cpu(), infra.server_cpu()
+                busy0, wall0 = procs.machine_busy_seconds(), now
             if count >= n:
                 break
             if time.monotonic() > deadline or not worker.alive():
-                raise RuntimeError(f"drain {config}: {count}/{n} results\n{worker.tail()}")
-            time.sleep(0.002)
+                raise RuntimeError(f"drain {cfg.name}: {count}/{n} results\n{worker.tail()}")
+            time.sleep(0.005)
         assert first_t is not None  # noqa: S101
         elapsed = now - first_t
-        counter.close()
+        done = n - first_count
+        worker_cpu = worker.tree_cpu() - cpu_at_first
+        servers = {k: v - servers0[k] for k, v in infra.server_cpu().items()}
         return {
             "n": n,
             "seconds": elapsed,
-            "tasks_per_s": (n - first_count) / elapsed if elapsed > 0 else float("nan"),
+            "tasks_per_s": done / elapsed if elapsed > 0 else float("nan"),
             "enqueue_per_s": enqueue["kiq_per_s"],
-            "worker_cpu_s": worker.tree_cpu() - cpu_at_first,
-            "worker_rss_mb": procs.peak_rss_mb(worker.main_pid()),
+            "load_before": load,
+            **_machine_share(busy0, wall0, worker_cpu + sum(servers.values())),
+            "worker_cpu_s": worker_cpu,
+            "server_cpu_s": servers,
+            "cpu_ms_per_task": {
+                "enqueue_client": _per_task_ms(enqueue["client_cpu_s"], n),
+                "worker": _per_task_ms(worker_cpu, done),
+                **{k: _per_task_ms(v, done) for k, v in servers.items()},
+            },
+            "worker_memory": worker.memory(),
         }
+    except Exception:
+        if worker is not None:
+            _log(f"worker log ({cfg.name}):\n{worker.tail()}")
+        raise
     finally:
+        counter.close()
         if worker is not None:
             worker.stop()
-        _cleanup(config, env, infra)
+        _cleanup(env, infra)
 
 
 def _http(plan: Plan, infra: Infra, workdir: Path) -> dict[str, Any]:
-    env = _env("kiqstack", infra, workdir)
+    env = _env(CONFIGS["kiqstack"], infra, workdir)
     server = procs.Proc([procs.python(), "-m", "app", "server"], env, workdir / "server.log")
     base = f"http://127.0.0.1:{env['PORT']}"
     try:
@@ -288,16 +366,68 @@ def _http(plan: Plan, infra: Infra, workdir: Path) -> dict[str, Any]:
         raise
     finally:
         server.stop()
-        _cleanup("kiqstack", env, infra)
+        _cleanup(env, infra)
 
 
-def _median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
-    """The run whose ``key`` is the median (all figures of one run stay together)."""
-    ordered = sorted(runs, key=lambda r: r[key])
-    chosen = dict(ordered[(len(ordered) - 1) // 2])
-    if len(runs) > 1:
-        chosen["runs"] = [r[key] for r in runs]
-    return chosen
+def _bulk(plan: Plan, config: str, infra: Infra, workdir: Path) -> dict[str, Any]:
+    cfg = CONFIGS[config]
+    env = _env(cfg, infra, workdir)
+    worker = procs.Proc(cfg.worker(), env, workdir / f"worker-{cfg.name}-bulk.log")
+    try:
+        client = Client(cfg, "bulk", env, ["--n", str(plan.e2e_n)])
+        client.ready()
+        return client.go()
+    finally:
+        worker.stop()
+        _cleanup(env, infra)
+
+
+# -- the rounds -----------------------------------------------------------------------------------
+def _rotated(configs: list[str], round_index: int) -> list[str]:
+    k = round_index % len(configs) if configs else 0
+    return configs[k:] + configs[:k]
+
+
+def measure_round(plan: Plan, infra: Infra, workdir: Path, index: int) -> dict[str, Any]:
+    """One round: every scenario of every configuration, in this round's order."""
+    order = _rotated(plan.configs, index)
+    started = time.time()
+    record: dict[str, Any] = {
+        "round": index + 1,
+        "order": order,
+        "load_before": procs.load_average(),
+        "results": {c: {} for c in order},
+    }
+    tag = f"round {index + 1}/{plan.repeat}"
+    for config in order:
+        wanted = [s for s in ("e2e", "latency") if plan.runs(config, s)]
+        if wanted:
+            _log(f"{tag}: {config} {' + '.join(wanted)}")
+            record["results"][config].update(
+                _session(CONFIGS[config], plan, infra, workdir, wanted)
+            )
+    for config in order:
+        if plan.runs(config, "drain"):
+            _log(f"{tag}: {config} drain of {plan.drain_n:,}")
+            record["results"][config]["drain"] = _drain(
+                CONFIGS[config], plan.drain_n, plan, infra, workdir
+            )
+    if plan.runs("kiqstack", "scale"):
+        record["scale"] = {}
+        for n in plan.scale_ns:
+            _log(f"{tag}: kiqstack drain of {n:,} (scale)")
+            record["scale"][str(n)] = _drain(CONFIGS["kiqstack"], n, plan, infra, workdir)
+    for config in order:
+        if plan.runs(config, "bulk"):
+            _log(f"{tag}: {config} bulk")
+            record["results"][config]["bulk"] = _bulk(plan, config, infra, workdir)
+    if plan.runs("kiqstack", "http"):
+        _log(f"{tag}: kiqstack HTTP dispatch")
+        record["http"] = _http(plan, infra, workdir)
+    record["load_after"] = procs.load_average()
+    record["seconds"] = round(time.time() - started, 1)
+    _log(f"{tag} done in {record['seconds']:.0f} s, load {record['load_after']}")
+    return record
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -308,10 +438,14 @@ def _machine() -> dict[str, Any]:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
+    mem_total = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem_total = round(int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024, 1)
     return {
         "cpu_model": model,
         "cores": os.cpu_count(),
-        "load_average_at_start": list(os.getloadavg()),
+        "memory_gib": mem_total,
+        "load_average_at_start": procs.load_average(),
         "kernel": platform.release(),
         "python": platform.python_version(),
     }
@@ -324,6 +458,11 @@ def _versions(infra: Infra) -> dict[str, str]:
             versions[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
             versions[pkg] = "not installed"
+    with contextlib.suppress(Exception):
+        arq = CONFIGS["arq"].python()
+        code = "import arq.version, redis; print(arq.version.VERSION, redis.__version__)"
+        out = subprocess.run([arq, "-c", code], capture_output=True, text=True, check=True)
+        versions["arq"], versions["redis (arq venv)"] = out.stdout.split()
     with contextlib.suppress(Exception):
         versions["nats-server"] = (
             subprocess.run(
@@ -355,204 +494,27 @@ def _infra(nats_url: str | None, redis_url: str | None) -> Iterator[Infra]:
         )
 
 
-def measure(plan: Plan, infra: Infra, workdir: Path) -> dict[str, Any]:
-    """Run every scenario for every configuration; return the raw figures per configuration."""
-    raw: dict[str, dict[str, Any]] = {c: {} for c in plan.configs}
-    for scenario in plan.scenarios:
-        if scenario == "http":
-            continue
-        cases: list[tuple[str, int | None]] = (
-            [(scenario, None)] if scenario == "latency" else [(scenario, n) for n in plan.ns]
-        )
-        for name, n in cases:
-            runs: dict[str, list[dict[str, Any]]] = {c: [] for c in plan.configs}
-            for attempt in range(plan.repeat):
-                order = plan.configs if attempt % 2 == 0 else list(reversed(plan.configs))
-                for config in order:
-                    label = f"{name} n={n}" if n else f"{name} {plan.rate:g}/s"
-                    _log(f"{label} {config} (run {attempt + 1}/{plan.repeat})")
-                    if name == "drain":
-                        assert n is not None  # noqa: S101
-                        res = _drain(config, n, infra, workdir, plan.window)
-                    elif name == "latency":
-                        args = ["--rate", str(plan.rate), "--seconds", str(plan.latency_seconds)]
-                        res = _with_worker(config, name, infra, workdir, args)
-                    else:
-                        args = ["--n", str(n), "--window", str(plan.window)]
-                        res = _with_worker(config, name, infra, workdir, args)
-                    runs[config].append(res)
-            for config in plan.configs:
-                key = "p50" if name == "latency" else "tasks_per_s"
-                chosen = _median_run(runs[config], key)
-                if n is None:
-                    raw[config][name] = chosen
-                else:
-                    raw[config].setdefault(name, {})[str(n)] = chosen
-    if "http" in plan.scenarios and "kiqstack" in plan.configs:
-        _log("http dispatch (kiqstack server)")
-        raw["kiqstack"]["http"] = _http(plan, infra, workdir)
-    return raw
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None or not b:
-        return None
-    return round(a / b, 3)
-
-
-def _get(raw: dict[str, Any], *path: str) -> Any:
-    node: Any = raw
-    for part in path:
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def summarize(plan: Plan, raw: dict[str, Any]) -> dict[str, Any]:
-    """Ratios, headline figures and targets from the raw figures."""
-    big = str(max(plan.ns))
-    a, b, c = "kiqstack", "stock_nats", "redis_list"
-
-    def rate(config: str, scenario: str) -> float | None:
-        value = _get(raw, config, scenario, big, "tasks_per_s")
-        return float(value) if value is not None else None
-
-    ratios = {
-        "e2e_vs_stock": _ratio(rate(a, "e2e"), rate(b, "e2e")),
-        "e2e_vs_redis_list": _ratio(rate(a, "e2e"), rate(c, "e2e")),
-        "drain_vs_stock": _ratio(rate(a, "drain"), rate(b, "drain")),
-        "drain_vs_redis_list": _ratio(rate(a, "drain"), rate(c, "drain")),
-        "bulk_vs_stock": _ratio(rate(a, "bulk"), rate(b, "bulk")),
-        "bulk_vs_redis_list": _ratio(rate(a, "bulk"), rate(c, "bulk")),
-    }
-    lat = _get(raw, a, "latency") or {}
-    latency_ms = {k: lat.get(k) for k in ("p50", "p95", "p99")}
-    rss = [
-        v
-        for v in (
-            *(
-                _get(raw, a, s, n, "worker_rss_mb")
-                for s in ("e2e", "bulk", "drain")
-                for n in map(str, plan.ns)
-            ),
-            _get(raw, a, "latency", "worker_rss_mb"),
-        )
-        if v is not None
-    ]
-    worker_rss = round(max(rss), 1) if rss else None
-    http = _get(raw, a, "http") or {}
-    http_rps = http.get("rps")
-    server_rss = http.get("server_rss_mb")
-
-    def target(value: float | None, goal: float, *, at_most: bool = False) -> dict[str, Any]:
-        met = None if value is None else (value <= goal if at_most else value >= goal)
-        return {"value": value, "goal": f"{'<=' if at_most else '>='} {goal}", "met": met}
-
-    targets = {
-        "e2e_vs_stock": target(ratios["e2e_vs_stock"], 2.0),
-        "e2e_vs_redis_list": target(ratios["e2e_vs_redis_list"], 1.3),
-        "drain_vs_stock": target(ratios["drain_vs_stock"], 1.5),
-        "latency_p50_ms": target(latency_ms["p50"], 5.0, at_most=True),
-        "latency_p99_ms": target(latency_ms["p99"], 25.0, at_most=True),
-        "worker_rss_mb": target(worker_rss, 80.0, at_most=True),
-        "http_dispatch_rps": target(http_rps, 2000.0),
-    }
-    return {
-        "ratios": ratios,
-        "latency_ms": latency_ms,
-        "http_dispatch_rps": http_rps,
-        "worker_rss_mb": worker_rss,
-        "server_rss_mb": round(server_rss, 1) if server_rss else None,
-        "targets": targets,
-    }
-
-
-def _fmt(value: Any, digits: int = 0) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return str(value)
-
-
-def table(plan: Plan, raw: dict[str, Any], summary: dict[str, Any]) -> str:
-    """The results as a Markdown table (also printed by ``python -m bench``)."""
-    configs = plan.configs
-    head = ["scenario", *(LABELS[c] for c in configs)]
-    if "stock_nats" in configs:
-        head.append("a/b")
-    if "redis_list" in configs:
-        head.append("a/c")
-    rows: list[list[str]] = []
-
-    def add(label: str, values: list[float | None], digits: int = 0, lower: bool = False) -> None:
-        row = [label, *(_fmt(v, digits) for v in values)]
-        base = values[0] if configs[0] == "kiqstack" else None
-        for other in ("stock_nats", "redis_list"):
-            if other in configs:
-                v = values[configs.index(other)]
-                r = _ratio(v, base) if lower else _ratio(base, v)
-                row.append(f"{r:.2f}x" if r is not None else "-")
-        rows.append(row)
-
-    for scenario, title in (
-        ("e2e", "end to end, tasks/s"),
-        ("bulk", "kiq all then await all, tasks/s"),
-        ("drain", "drain, tasks/s"),
-    ):
-        for n in plan.ns:
-            if scenario in plan.scenarios:
-                values = [_get(raw, c, scenario, str(n), "tasks_per_s") for c in configs]
-                add(f"{title} (N={n:,})", values)
-    if "latency" in plan.scenarios:
-        for q in ("p50", "p95", "p99"):
-            values = [_get(raw, c, "latency", q) for c in configs]
-            add(f"latency {q} ms at {plan.rate:g}/s", values, 1, lower=True)
-    worker_rss = []
-    for c in configs:
-        found = [
-            _get(raw, c, s, n, "worker_rss_mb")
-            for s in ("e2e", "bulk", "drain")
-            for n in map(str, plan.ns)
-        ]
-        found.append(_get(raw, c, "latency", "worker_rss_mb"))
-        vals = [v for v in found if v is not None]
-        worker_rss.append(max(vals) if vals else None)
-    add("worker peak RSS, MB", worker_rss, 1, lower=True)
-    lines = [
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
-        *("| " + " | ".join(r) + " |" for r in rows),
-    ]
-    http = _get(raw, "kiqstack", "http")
-    if http:
-        lines.append("")
-        lines.append(
-            f"HTTP dispatch (`POST /tasks/{{name}}`, one uvicorn process, {http['connections']} "
-            f"connections, {http['tool']}): **{http['rps']:,.0f} requests/s**, "
-            f"p50 {_fmt(http['latency_ms']['p50'], 1)} ms, "
-            f"p99 {_fmt(http['latency_ms']['p99'], 1)} ms, non-2xx {http['non_2xx']}; "
-            f"server peak RSS {http['server_rss_mb']:.1f} MB."
-        )
-    return "\n".join(lines)
-
-
 def build_plan(args: argparse.Namespace) -> Plan:
     """The plan for full or smoke mode, with command-line overrides."""
+    configs = [c for c in CONFIGS if not args.configs or c in args.configs]
     if args.smoke:
-        plan = Plan(True, [200], 50, 50.0, 2.0, 2.0, 16, 1, list(CONFIGS), [])
+        plan = Plan(True, 200, 300, [300], 50, 50.0, 1.0, 1.0, 16, 1, configs, [])
+        plan.scenarios = ["e2e", "latency", "drain", "scale", "http"]
     else:
-        plan = Plan(False, [2000, 20000], 100, 200.0, 10.0, 10.0, 64, 1, list(CONFIGS), [])
-    plan.scenarios = ["e2e", "bulk", "drain", "latency", "http"]
-    if args.n:
-        plan.ns = args.n
+        plan = Plan(
+            False, 5000, 20_000, [1000, 10_000, 100_000], 100, 200.0, 10.0, 10.0, 64, 3, configs, []
+        )
+        plan.scenarios = ["e2e", "latency", "drain", "scale", "http"]
+    if args.e2e_n:
+        plan.e2e_n = args.e2e_n
+    if args.drain_n:
+        plan.drain_n = args.drain_n
+    if args.scale_n:
+        plan.scale_ns = args.scale_n
     if args.repeat:
         plan.repeat = args.repeat
     if args.window:
         plan.window = args.window
-    if args.configs:
-        plan.configs = [c for c in CONFIGS if c in args.configs]
     if args.scenarios:
         plan.scenarios = args.scenarios
     return plan
@@ -564,13 +526,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="small N; checks the harness only")
     parser.add_argument("--nats-url", help="use this NATS (JetStream) instead of starting one")
     parser.add_argument("--redis-url", help="use this scratch Redis (dbs 0 and 1 are flushed)")
-    parser.add_argument("--n", type=int, nargs="+", help="task counts (default 2000 20000)")
-    parser.add_argument("--repeat", type=int, help="runs per case; the median is kept")
-    parser.add_argument("--window", type=int, help="concurrent callers in the e2e scenario")
-    parser.add_argument("--configs", nargs="+", choices=CONFIGS)
+    parser.add_argument("--repeat", type=int, help="rounds (default 3); medians are reported")
+    parser.add_argument("--e2e-n", type=int, help="tasks per end-to-end run (default 5000)")
+    parser.add_argument("--drain-n", type=int, help="tasks queued in the drain (default 20000)")
     parser.add_argument(
-        "--scenarios", nargs="+", choices=["e2e", "bulk", "drain", "latency", "http"]
+        "--scale-n", type=int, nargs="+", help="kiqstack drain sizes (default 1000 10000 100000)"
     )
+    parser.add_argument("--window", type=int, help="concurrent callers (default 100)")
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS))
+    parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS)
     parser.add_argument("--out", type=Path, help="JSON path (default bench/results/latest.json)")
     args = parser.parse_args(argv)
     plan = build_plan(args)
@@ -581,39 +545,42 @@ def main(argv: list[str] | None = None) -> int:
         try:
             machine = _machine()
             versions = _versions(infra)
-            raw = measure(plan, infra, workdir)
+            rounds = [measure_round(plan, infra, workdir, i) for i in range(plan.repeat)]
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-    summary = summarize(plan, raw)
-    report = {
+    machine["load_average_at_end"] = procs.load_average()
+    parameters = {
+        "e2e_n": plan.e2e_n,
+        "e2e_window": plan.window,
+        "drain_n": plan.drain_n,
+        "scale_n": plan.scale_ns,
+        "latency_rate_per_s": plan.rate,
+        "latency_seconds": plan.latency_seconds,
+        "http_seconds": plan.http_seconds,
+        "http_connections": plan.http_connections,
+        "rounds": plan.repeat,
+        "scenarios": plan.scenarios,
+    }
+    result = report.build(plan.configs, rounds, parameters)
+    doc = {
         "generated_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "mode": "smoke" if plan.smoke else "full",
         "duration_s": round(time.time() - started, 1),
         "machine": machine,
         "versions": versions,
-        "parameters": {
-            "n": plan.ns,
-            "e2e_window": plan.window,
-            "latency_rate_per_s": plan.rate,
-            "latency_seconds": plan.latency_seconds,
-            "http_seconds": plan.http_seconds,
-            "http_connections": plan.http_connections,
-            "repeat": plan.repeat,
-            "ratios_at_n": max(plan.ns),
+        "parameters": parameters,
+        "setup": {
+            c: {"label": CONFIGS[c].label, "setup": CONFIGS[c].setup, "tuned": CONFIGS[c].tuned}
+            for c in plan.configs
         },
-        **summary,
-        "configurations": raw,
-        "table_markdown": table(plan, raw, summary),
+        **result,
+        "rounds": rounds,
     }
+    doc["table_markdown"] = report.table(doc)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(report, indent=2) + "\n")
-    sys.stdout.write(report["table_markdown"] + "\n\n")
-    sys.stdout.write("ratios: " + json.dumps(summary["ratios"]) + "\n")
-    sys.stdout.write(
-        "targets: " + json.dumps({k: v["met"] for k, v in summary["targets"].items()}) + "\n"
-    )
+    out_path.write_text(json.dumps(doc, indent=2) + "\n")
+    sys.stdout.write(doc["table_markdown"] + "\n\n")
+    sys.stdout.write("targets: " + json.dumps({k: v["met"] for k, v in doc["targets"].items()}))
     shown = out_path.relative_to(procs.ROOT) if out_path.is_relative_to(procs.ROOT) else out_path
-    sys.stdout.write(f"wrote {shown}\n")
-    if plan.smoke:
-        json.loads(out_path.read_text())
+    sys.stdout.write(f"\nwrote {shown} in {doc['duration_s']:.0f} s\n")
     return 0
