@@ -25,25 +25,19 @@ from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from nats.js.errors import NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
-from app.broker import (
+from app.config import Settings
+from app.errors import AppError
+from app.redact import redact, redact_url
+from app.wire import (
     DEAD_LETTER_DELIVERIES_HEADER,
     DEAD_LETTER_DETAIL_HEADER,
     DEAD_LETTER_REASON_HEADER,
     DEAD_LETTER_SEQUENCE_HEADER,
     DEAD_LETTER_TIME_HEADER,
     TASK_NAME_HEADER,
+    replay_headers,
 )
-from app.config import Settings
-from app.errors import AppError
-from app.redact import redact, redact_url
 
-_DEAD_LETTER_HEADERS = {
-    DEAD_LETTER_REASON_HEADER,
-    DEAD_LETTER_DETAIL_HEADER,
-    DEAD_LETTER_DELIVERIES_HEADER,
-    DEAD_LETTER_SEQUENCE_HEADER,
-    DEAD_LETTER_TIME_HEADER,
-}
 #: Seconds to wait for NATS to accept the connection, and for each JetStream request.
 CONNECT_TIMEOUT_SECONDS = 5.0
 REQUEST_TIMEOUT_SECONDS = 10.0
@@ -340,8 +334,7 @@ class DeadLetterStream:
                 sequence, Outcome.REFUSED, f"{problem}; left in the dead-letter stream"
             )
         what = f"task {letter.task_id} ({letter.task_name})"
-        headers = {k: v for k, v in (msg.headers or {}).items() if k not in _DEAD_LETTER_HEADERS}
-        headers["Nats-Msg-Id"] = f"{letter.task_id}:replay:{sequence}"
+        headers = replay_headers(msg.headers, task_id=str(letter.task_id), sequence=sequence)
         subject = self.settings.nats_subject
         try:
             ack = await self.js.publish(subject, payload=msg.data or b"", headers=headers)

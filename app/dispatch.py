@@ -41,7 +41,7 @@ async def dispatch(
     """
     task_id = task_id or broker.id_generator()
     name = task.task_name
-    kick = task.kicker().with_task_id(task_id).kiq(*args, **kwargs)
+    kick = task.kicker().with_broker(broker).with_task_id(task_id).kiq(*args, **kwargs)
     record = broker.results.record_dispatch(task_id, name)
     outcomes = await asyncio.gather(kick, record, return_exceptions=True)
     kick_error = outcomes[0]

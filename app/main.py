@@ -23,6 +23,7 @@ from app import __version__, metrics
 from app.api import routers
 from app.api.deps import Kiq, Lifecycle
 from app.api.docs import install_docs
+from app.broker import KiqBroker
 from app.config import Settings, get_settings
 from app.errors import AppError, ClientDisconnectedError, describe_errors
 from app.logs import configure_logging
@@ -136,6 +137,7 @@ def create_app(
     lifecycle: Lifecycle | None = None,
     *,
     metrics_port: int | None = None,
+    broker: KiqBroker | None = None,
 ) -> FastAPI:
     """Build the API.
 
@@ -143,13 +145,18 @@ def create_app(
     :param lifecycle: shared draining state (the server runner flips it on SIGTERM).
     :param metrics_port: serve ``/metrics``, ``/livez`` and ``/readyz`` on this port while the app
         runs (the server does; tests in-process do not).
+    :param broker: the broker to dispatch with, used as it is (its own settings, transport and
+        result backend; ``app.tasks.broker.build_broker``). Default: the process-wide broker of
+        ``app.tasks.broker``, configured with ``settings``.
     :return: the FastAPI application.
     """
     settings = settings or get_settings()
     lifecycle = lifecycle or Lifecycle()
-    from app.tasks.broker import broker
+    if broker is None:
+        from app.tasks.broker import broker as shared
 
-    broker.configure(settings)
+        shared.configure(settings)
+    kiq_broker = broker if broker is not None else shared
     import_task_modules(settings)
 
     @asynccontextmanager
@@ -161,8 +168,8 @@ def create_app(
             probes = ServerProbes(kiq, settings.host, metrics_port)
             await probes.start()
         try:
-            if not broker.is_worker_process:
-                await broker.startup()
+            if not kiq_broker.is_worker_process:
+                await kiq_broker.startup()
                 lifecycle.broker_started = True
             logger.info("kiqstack API %s ready on port %d", __version__, settings.port)
             yield
@@ -170,7 +177,7 @@ def create_app(
             lifecycle.draining = True
             if lifecycle.broker_started:
                 lifecycle.broker_started = False
-                await broker.shutdown()
+                await kiq_broker.shutdown()
             if probes is not None:
                 await probes.stop()
 
@@ -186,7 +193,7 @@ def create_app(
         redirect_slashes=False,
     )
     install_docs(app)
-    kiq = app.state.kiq = Kiq(settings, broker, TaskCatalog(broker), lifecycle)
+    kiq = app.state.kiq = Kiq(settings, kiq_broker, TaskCatalog(kiq_broker), lifecycle)
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
