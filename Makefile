@@ -81,5 +81,9 @@ fmt: install ## Format and autofix with ruff.
 test: lint ## Lint, type-check and run every test that needs no Docker engine or cluster.
 	$(PY) -m pytest -m "not container and not e2e" $(PYTEST_ARGS)
 
+.PHONY: test-unit
+test-unit: install ## The unit layer only (tests/unit: no server, a broker in memory, fakeredis; seconds).
+	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
+
 # Targets of each area (image, chart, e2e, bench) live in mk/<area>.mk.
 -include mk/*.mk
