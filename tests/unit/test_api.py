@@ -326,3 +326,32 @@ async def test_app_built_from_the_shared_broker_by_default(settings: Settings) -
     app = create_app(settings)
     assert app.state.kiq.broker is shared
     assert shared.settings is settings
+
+
+async def test_a_dispatch_whose_record_fails_queues_nothing(
+    client: httpx.AsyncClient, broker: KiqBroker, transport: MemoryTransport, caplog
+) -> None:
+    """Never a queued task that GET /tasks/{id} answers 404 for: no record, no message."""
+    before = api_metric("kiqstack_task_dispatch_errors_total", task_name=ADD, reason="result_store")
+
+    async def down(*_: object) -> None:
+        raise ConnectionError("redis gone")
+
+    broker.results.records.writer.write = down  # type: ignore[method-assign]
+    response = await client.post(f"/tasks/{ADD}", json={"args": [1, 2]})
+    assert response.status_code == 503
+    assert "nothing was queued" in response.json()["detail"]
+    assert not transport.published
+    assert "not queued: its dispatch record could not be saved" in caplog.text
+    after = api_metric("kiqstack_task_dispatch_errors_total", task_name=ADD, reason="result_store")
+    assert after == before + 1
+
+
+async def test_a_failed_publish_forgets_its_record(
+    client: httpx.AsyncClient, broker: KiqBroker, transport: MemoryTransport
+) -> None:
+    transport.fail_publish = ConnectionError("nats gone")
+    response = await client.post(f"/tasks/{ADD}", json={"args": [1, 2]})
+    assert response.status_code == 503
+    keys = [k async for k in broker.results.redis.scan_iter(f"{broker.results.prefix}:*")]
+    assert keys == []
