@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__, metrics
@@ -45,11 +45,22 @@ def import_task_modules(settings: Settings) -> None:
 
 
 class HTTPMetricsMiddleware:
-    """Count and time requests by route template (pure ASGI: cheap on the hot path)."""
+    """Count and time requests by route template (pure ASGI: cheap on the hot path).
 
-    def __init__(self, app: ASGIApp) -> None:
-        """Wrap an ASGI app."""
+    FastAPI's routes name themselves in the scope. Starlette's own (``/openapi.json``, the docs
+    assets mounted under ``/docs/assets``) do not: they are found in ``routes`` by their path, so
+    they count under their template (``/docs/assets/{path}``), and only a path no route serves
+    counts as ``unmatched``.
+    """
+
+    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute] = ()) -> None:
+        """Wrap an ASGI app.
+
+        :param app: the app.
+        :param routes: the app's routes (to name those that do not name themselves).
+        """
         self.app = app
+        self.routes = routes
         # Metric children by (method, route, status): looked up once, not per request.
         self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
@@ -60,6 +71,7 @@ class HTTPMetricsMiddleware:
             return
         started = time.perf_counter()
         status = 500
+        root_path = scope.get("root_path", "")  # a Mount changes it in the scope
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -71,7 +83,7 @@ class HTTPMetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = getattr(route, "path", None) or self._template(scope, root_path)
             key = (scope.get("method", ""), template, status)
             series = self._series.get(key)
             if series is None:
@@ -82,6 +94,14 @@ class HTTPMetricsMiddleware:
                 )
             series[0].inc()
             series[1].observe(time.perf_counter() - started)
+
+    def _template(self, scope: Scope, root_path: str) -> str:
+        """The template of the route that serves a request that did not name its route."""
+        request = {**scope, "root_path": root_path}
+        for route in self.routes:
+            if route.matches(request)[0] is Match.FULL:
+                return str(getattr(route, "path_format", None) or "unmatched")
+        return "unmatched"
 
 
 async def _app_error(request: Request, exc: Exception) -> JSONResponse:
@@ -198,7 +218,7 @@ def create_app(
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(RedisError, _redis_error)
-    app.add_middleware(HTTPMetricsMiddleware)
+    app.add_middleware(HTTPMetricsMiddleware, routes=app.router.routes)
     for router in routers:
         app.include_router(router)
     return app

@@ -255,6 +255,32 @@ async def test_requests_are_counted_by_route_template(client: httpx.AsyncClient)
     assert after == before + 2
 
 
+@pytest.mark.parametrize(
+    ("path", "route"),
+    [
+        ("/nothing/here", "unmatched"),
+        ("/livez", "/livez"),
+        ("/openapi.json", "/openapi.json"),
+        ("/docs", "/docs"),
+        ("/redoc", "/redoc"),
+    ],
+)
+async def test_route_labels(client: httpx.AsyncClient, path: str, route: str) -> None:
+    before = api_metric("kiqstack_http_requests_total", method="GET", route=route)
+    await client.get(path)
+    assert api_metric("kiqstack_http_requests_total", method="GET", route=route) == before + 1
+
+
+async def test_docs_assets_count_under_their_route(client: httpx.AsyncClient) -> None:
+    page = (await client.get("/docs")).text
+    asset = next(part.split('"')[0] for part in page.split('src="')[1:] if "/docs/" in part)
+    before = api_metric("kiqstack_http_requests_total", method="GET", status="200")
+    unmatched = api_metric("kiqstack_http_requests_total", method="GET", route="unmatched")
+    assert (await client.get(asset)).status_code == 200
+    assert api_metric("kiqstack_http_requests_total", method="GET", status="200") == before + 1
+    assert api_metric("kiqstack_http_requests_total", method="GET", route="unmatched") == unmatched
+
+
 async def test_client_gone_before_its_body_is_499(app, caplog: pytest.LogCaptureFixture) -> None:
     """A client that disconnects while sending its body: counted as 499, one log line."""
     route = "/tasks/{task_name}"
