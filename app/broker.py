@@ -166,7 +166,7 @@ class KiqBroker(AsyncBroker):
         return self.transport.message_limit()
 
     def subject_for(self, message: BrokerMessage) -> str:
-        """The subject a task message is published on.
+        """Choose the subject a task message is published on.
 
         :param message: the serialized task.
         :return: ``NATS_SUBJECT``.

@@ -71,7 +71,7 @@ class DeadLetter:
     detail: str | None = None
 
     def as_json(self) -> str:
-        """The dead letter as one JSON line; arguments too deep to encode are left out."""
+        """Render the dead letter as one JSON line; arguments too deep to encode are left out."""
         fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
         try:
             return json.dumps(fields, default=str)
@@ -201,7 +201,7 @@ class ReplaySummary:
 
 
 def _describe(exc: BaseException) -> str:
-    """An exception in a few words, credentials masked."""
+    """Describe an exception in a few words, credentials masked."""
     return redact(str(exc) or type(exc).__name__)
 
 
@@ -258,7 +258,7 @@ class DeadLetterStream:
         self.last_seq = int(info.state.last_seq)
 
     async def _get(self, sequence: int, *, next_one: bool) -> RawStreamMsg | None:
-        """The message at ``sequence`` (or the first one after it), None when there is none.
+        """Read the message at ``sequence`` (or the first one after it), None when there is none.
 
         :raises DeadLetterError: when NATS does not answer.
         """
@@ -276,7 +276,7 @@ class DeadLetterStream:
             ) from None
 
     async def messages(self, limit: int | None = None) -> AsyncIterator[RawStreamMsg]:
-        """The stored messages, oldest first, up to the last one stored when the stream was opened.
+        """Yield the stored messages, oldest first, up to the last one stored at the opening.
 
         Messages dead-lettered while this runs (a replayed message failing again) are not
         included, so a replay of everything always ends.
@@ -295,7 +295,7 @@ class DeadLetterStream:
             sequence = msg.seq + 1
 
     async def letters(self, limit: int | None = None) -> AsyncIterator[DeadLetter]:
-        """The dead letters, decoded one by one, oldest first.
+        """Yield the dead letters, decoded one by one, oldest first.
 
         :param limit: most messages to yield (None: all).
         """

@@ -71,7 +71,7 @@ def check_key(key: str) -> str:
 
 
 def fingerprint(task_name: str, args: list[Any], kwargs: dict[str, Any]) -> str:
-    """A digest of what a dispatch asks for: the task and its arguments (key order ignored).
+    """Digest what a dispatch asks for: the task and its arguments (key order ignored).
 
     :return: hex SHA-256.
     """

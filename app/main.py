@@ -96,7 +96,7 @@ class HTTPMetricsMiddleware:
             series[1].observe(time.perf_counter() - started)
 
     def _template(self, scope: Scope, root_path: str) -> str:
-        """The template of the route that serves a request that did not name its route."""
+        """Find the template of the route serving a request that did not name its route."""
         request = {**scope, "root_path": root_path}
         for route in self.routes:
             if route.matches(request)[0] is Match.FULL:
@@ -120,7 +120,7 @@ async def _app_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _slash_twin(request: Request) -> str | None:
-    """The path with its trailing slash added or removed, when a route serves that one."""
+    """Return the path with its trailing slash added or removed, when a route serves that one."""
     path: str = request.scope["path"]
     twin = path.rstrip("/") if path.endswith("/") else f"{path}/"
     if not twin.startswith("/") or twin.startswith(("//", "/\\")):

@@ -56,13 +56,13 @@ class Transport(Protocol):
         """Store a dead letter; raise when it was not stored."""
 
     async def problem(self) -> str | None:
-        """What keeps this process from working (None: nothing), for ``/readyz``."""
+        """Tell what keeps this process from working (None: nothing), for ``/readyz``."""
 
     async def queue_depth(self) -> tuple[int, int]:
         """(messages not yet delivered, messages delivered and not yet acked)."""
 
     def deliveries(self) -> AsyncGenerator[Msg, None]:
-        """The deliveries for this worker, one at a time, held from their arrival."""
+        """Yield the deliveries for this worker, one at a time, held from their arrival."""
 
 
 #: Makes the transport of a broker from its settings.

@@ -56,7 +56,7 @@ STATUS_NO_RESPONDERS = "503"
 
 
 def pull_subject(stream: str, consumer: str) -> str:
-    """The JetStream API subject a pull request for ``consumer`` of ``stream`` is published on.
+    """Name the JetStream API subject of a pull request for ``consumer`` of ``stream``.
 
     :param stream: the stream's name.
     :param consumer: the durable consumer's name.
@@ -84,7 +84,7 @@ def dead_letter_headers(
     sequence: int,
     at: float,
 ) -> dict[str, str]:
-    """The headers of a dead letter: the original ones with the dead-letter record in place.
+    """Build the headers of a dead letter: the original ones with the dead-letter record in place.
 
     ``Nats-Msg-Id`` is left out (the dead-letter stream must store every copy), and so are the
     dead-letter headers of an earlier life of the message.
@@ -114,7 +114,7 @@ def dead_letter_headers(
 def replay_headers(
     dead_letter: Mapping[str, str] | None, *, task_id: str, sequence: int
 ) -> dict[str, str]:
-    """The headers a replayed dead letter goes back to the task stream with.
+    """Build the headers a replayed dead letter goes back to the task stream with.
 
     :param dead_letter: the headers of the stored dead letter.
     :param task_id: the task's id.

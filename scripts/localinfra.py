@@ -196,7 +196,7 @@ class Server:
 
 
 def nats_server(workdir: Path, port: int | None = None, host: str = "127.0.0.1") -> Server:
-    """A ``nats-server -js`` (not started) storing JetStream data under ``workdir``."""
+    """Describe a ``nats-server -js`` (not started) storing JetStream data under ``workdir``."""
     port = port or free_port(host)
     store = workdir / "jetstream"
     store.mkdir(parents=True, exist_ok=True)
@@ -205,7 +205,7 @@ def nats_server(workdir: Path, port: int | None = None, host: str = "127.0.0.1")
 
 
 def redis_server(workdir: Path, port: int | None = None, host: str = "127.0.0.1") -> Server:
-    """A ``redis-server`` (not started) with no persistence, bound to ``host``."""
+    """Describe a ``redis-server`` (not started) with no persistence, bound to ``host``."""
     port = port or free_port(host)
     argv = [
         find_redis_server(),

@@ -158,7 +158,7 @@ class Listener:
         self._wake.set()
 
     def _status(self, consumer: PullConsumer, status: str, description: str) -> None:
-        """A pull request ended (or failed): note it, and back off on errors."""
+        """Note that a pull request ended (or failed), and back off on errors."""
         if status == STATUS_HEARTBEAT:
             return
         consumer.left = 0

@@ -52,7 +52,7 @@ class Topology:
         return self.settings.nats_stream
 
     def task_stream_config(self) -> StreamConfig:
-        """The work-queue task stream."""
+        """Describe the work-queue task stream."""
         s = self.settings
         return StreamConfig(
             name=s.nats_stream,
@@ -64,7 +64,7 @@ class Topology:
         )
 
     def dead_letter_stream_config(self) -> StreamConfig:
-        """The dead-letter stream: kept for ``DEAD_LETTER_MAX_AGE_SECONDS``, never consumed."""
+        """Describe the dead-letter stream (never consumed; ``DEAD_LETTER_MAX_AGE_SECONDS``)."""
         s = self.settings
         return StreamConfig(
             name=s.nats_dead_letter_stream,
@@ -76,7 +76,7 @@ class Topology:
         )
 
     def worker_consumer_config(self) -> ConsumerConfig:
-        """The durable pull consumer of the task stream every worker shares."""
+        """Describe the durable pull consumer of the task stream every worker shares."""
         s = self.settings
         return ConsumerConfig(
             durable_name=s.nats_consumer,
@@ -112,7 +112,7 @@ class Topology:
 
 
 def stream_problems(have: StreamConfig, wanted: StreamConfig) -> list[str]:
-    """What keeps an existing stream from serving as ``wanted`` (retention, subjects).
+    """Tell what keeps an existing stream from serving as ``wanted`` (retention, subjects).
 
     :param have: the existing stream's configuration.
     :param wanted: the configuration kiqstack needs.

@@ -149,5 +149,5 @@ class JetStreamTransport:
         return int(info.num_pending or 0), int(info.num_ack_pending or 0)
 
     def deliveries(self) -> AsyncGenerator[Msg, None]:
-        """The deliveries for this worker (see :meth:`Listener.deliveries`)."""
+        """Yield the deliveries for this worker (see :meth:`Listener.deliveries`)."""
         return self.listener.deliveries()

@@ -162,7 +162,7 @@ class KiqResultBackend(RedisAsyncResultBackend[_ReturnType]):
         return result
 
     async def _raw_result(self, task_id: str) -> bytes | None:
-        """A stored result as saved: from the notification when it came inline, else Redis."""
+        """Read a stored result as saved: from the notification when it came inline, else Redis."""
         inline = self.waiter.pop_inline(task_id)
         if inline is not None:
             return inline
@@ -170,7 +170,7 @@ class KiqResultBackend(RedisAsyncResultBackend[_ReturnType]):
         return stored.encode() if isinstance(stored, str) else stored
 
     async def read_result(self, task_id: str) -> dict[str, Any] | None:
-        """A stored result as a dict (None when there is none).
+        """Read a stored result as a dict (None when there is none).
 
         :param task_id: the task's id.
         :return: the result's fields, as the worker saved them.

@@ -62,7 +62,7 @@ class ResultWaiter:
             self._listener = None
 
     def pop_inline(self, task_id: str) -> bytes | None:
-        """The result of a task that came with its notification (taken out of the cache)."""
+        """Take the result of a task that came with its notification out of the cache."""
         return self._inline.pop(task_id, None)
 
     async def _listen(self) -> None:

@@ -31,7 +31,7 @@ def build_broker(
     transport: TransportFactory | None = None,
     result_backend: KiqResultBackend[Any] | None = None,
 ) -> KiqBroker:
-    """A broker wired as every kiqstack process needs it; nothing is read or connected yet.
+    """Build a broker wired as every kiqstack process needs it; nothing is read or connected yet.
 
     It has the task metrics middleware, the worker's startup and shutdown handlers (logging, probes
     and ``/metrics``, queue depth) and the built-in ``kiqstack.*`` tasks.
