@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chartlib import ALL_APIS, KEDA_API
+from tests.chart.chartlib import ALL_APIS, KEDA_API
 
 EXTERNAL_URLS = {
     "nats": {"enabled": False},

@@ -27,11 +27,11 @@ import nats
 import pytest
 import redis
 import yaml
-from chartlib import CHART_DIR, Rendered, render
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from scripts.localinfra import Server, find_nats_server, find_redis_server, free_port
+from tests.chart.chartlib import CHART_DIR, Rendered, render
 
 pytestmark = pytest.mark.chart
 

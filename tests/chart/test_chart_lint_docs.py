@@ -10,7 +10,8 @@ from pathlib import Path
 import helm_python
 import pytest
 import yaml
-from chartlib import CHART_DIR, render
+
+from tests.chart.chartlib import CHART_DIR, render
 
 pytestmark = pytest.mark.chart
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chartlib import Rendered, container, render
+
+from tests.chart.chartlib import Rendered, container, render
 
 pytestmark = pytest.mark.chart
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import helm_python
 import pytest
-from chartlib import KEDA_API, render
+
+from tests.chart.chartlib import KEDA_API, render
 
 pytestmark = pytest.mark.chart
 

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from chartlib import (
+
+from app.config import Settings
+from tests.chart.chartlib import (
     CHART_DIR,
     Rendered,
     container,
@@ -14,8 +16,6 @@ from chartlib import (
     render,
     validate_objects,
 )
-
-from app.config import Settings
 
 pytestmark = pytest.mark.chart
 

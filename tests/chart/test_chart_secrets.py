@@ -11,8 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chartlib import CHART_DIR, LOOKUP_HELPER, Rendered, container, env_map, render, render_upgrade
-from scenarios import SCENARIOS
+
+from tests.chart.chartlib import (
+    CHART_DIR,
+    LOOKUP_HELPER,
+    Rendered,
+    container,
+    env_map,
+    render,
+    render_upgrade,
+)
+from tests.chart.scenarios import SCENARIOS
 
 pytestmark = pytest.mark.chart
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chartlib import Rendered, container, render
 
 from app.config import Settings, load_settings
+from tests.chart.chartlib import Rendered, container, render
 
 pytestmark = pytest.mark.chart
 
