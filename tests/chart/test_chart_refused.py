@@ -111,12 +111,13 @@ REFUSED: dict[str, tuple[dict[str, Any], type[Exception], str]] = {
     "hpa-without-cpu-request": (
         {"worker": {"resources": {"requests": {"cpu": None}}}},
         helm_python.HelmRenderError,
-        "needs worker.resources.requests.cpu",
+        "workers.default: autoscaling.targetCPUUtilizationPercentage needs resources.requests.cpu "
+        "(worker.resources or the pool's",
     ),
     "keda-without-crd": (
         {"worker": {"autoscaling": {"mode": "keda"}}},
         helm_python.HelmRenderError,
-        "worker.autoscaling.mode=keda needs the keda.sh/v1alpha1/ScaledObject API",
+        "workers.default.autoscaling.mode=keda needs the keda.sh/v1alpha1/ScaledObject API",
     ),
     "servicemonitor-without-crd": (
         {"metrics": {"serviceMonitor": {"enabled": True}}},
