@@ -1,6 +1,7 @@
 {{/*
 Worker pools. `workers.<name>` is deep-merged over `worker` (the defaults of every pool): keys the
-pool sets win, including false, 0 and null; maps merge key by key; lists and scalars replace.
+pool sets win, including false and 0; null removes a key; maps merge key by key; lists and scalars
+replace.
 Sprig's merge/mergeOverwrite cannot do this (they skip "empty" values, so a pool could not set
 minReplicas 0 or enabled false over the defaults).
 
@@ -11,12 +12,15 @@ immutable, so `helm upgrade` from that chart must find the same one. Pool "p" is
 */}}
 
 {{/*
-Merge the map .src into the map .dst, in place (dst must be a copy the caller owns).
+Merge the map .src into the map .dst, in place (dst must be a copy the caller owns). A null in src
+removes the key, as a null does in Helm's own values ("unset what the defaults set").
 */}}
 {{- define "kiqstack.mergeInto" -}}
 {{- $dst := .dst }}
 {{- range $key, $value := .src }}
-{{- if and (kindIs "map" $value) (hasKey $dst $key) (kindIs "map" (index $dst $key)) }}
+{{- if kindIs "invalid" $value }}
+{{- $_ := unset $dst $key }}
+{{- else if and (kindIs "map" $value) (hasKey $dst $key) (kindIs "map" (index $dst $key)) }}
 {{- include "kiqstack.mergeInto" (dict "dst" (index $dst $key) "src" $value) }}
 {{- else if or (kindIs "map" $value) (kindIs "slice" $value) }}
 {{- $_ := set $dst $key (deepCopy $value) }}
