@@ -349,3 +349,25 @@ spec:
         {{- toYaml . | nindent 8 }}
       {{- end }}
 {{- end }}
+
+{{/*
+A PodDisruptionBudget for the pods of one component. Call with (dict "ctx" $ "name" <name>
+"component" <component> "maxUnavailable" <n or %>), optionally "labels" (more labels).
+*/}}
+{{- define "kiqstack.pdb" -}}
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ .name }}
+  namespace: {{ .ctx.Release.Namespace }}
+  labels:
+    {{- include "kiqstack.labels" (dict "ctx" .ctx "component" .component) | nindent 4 }}
+    {{- with .labels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  maxUnavailable: {{ .maxUnavailable }}
+  selector:
+    matchLabels:
+      {{- include "kiqstack.selectorLabels" (dict "ctx" .ctx "component" .component) | nindent 6 }}
+{{- end }}
