@@ -116,11 +116,15 @@ def valkey_with_auth(
 
 
 def app_env(release: Rendered) -> dict[str, str]:
+    """The worker's environment; the server and the scheduler get the same credentials and
+    settings (the worker adds the queues its pool serves)."""
     env = container_env(release, release.get("Deployment", "demo-kiqstack-worker"))
-    assert container_env(release, release.get("Deployment", "demo-kiqstack-server")) == {
-        **env,
-        "RUN_MODE": "server",
-    }
+    assert env["WORKER_QUEUES"] == "default"
+    for role in ("server", "scheduler"):
+        assert container_env(release, release.get("Deployment", f"demo-kiqstack-{role}")) == {
+            **{k: v for k, v in env.items() if k != "WORKER_QUEUES"},
+            "RUN_MODE": role,
+        }
     return env
 
 
