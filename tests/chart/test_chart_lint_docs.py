@@ -88,9 +88,7 @@ def test_schema_is_strict_for_own_blocks() -> None:
         worker["autoscaling"]["properties"]
     )
     assert "required" not in json.dumps(pool)
-    assert schema["properties"]["workers"]["additionalProperties"] == {
-        "$ref": "#/$defs/workerPool"
-    }
+    assert schema["properties"]["workers"]["additionalProperties"] == {"$ref": "#/$defs/workerPool"}
     assert schema["properties"]["worker"]["properties"]["autoscaling"]["properties"]["mode"][
         "enum"
     ] == [

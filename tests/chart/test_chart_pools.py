@@ -14,8 +14,9 @@ from typing import Any
 
 import helm_python
 import pytest
-from chartlib import KEDA_API, Rendered, container, env_map, render
-from scenarios import SCENARIOS
+
+from tests.chart.chartlib import KEDA_API, Rendered, container, env_map, render
+from tests.chart.scenarios import SCENARIOS
 
 pytestmark = pytest.mark.chart
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from chartlib import CHART_DIR, Rendered, container, env_map, render
+
+from tests.chart.chartlib import CHART_DIR, Rendered, container, env_map, render
 
 pytestmark = pytest.mark.chart
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chartlib import Rendered, clean, env_map, render
+
+from tests.chart.chartlib import Rendered, clean, env_map, render
 
 pytestmark = pytest.mark.chart
 
