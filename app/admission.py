@@ -9,17 +9,14 @@ with a :class:`RejectedDelivery` whose reason the broker records when it dead-le
 from __future__ import annotations
 
 import math
-import re
 
 from taskiq import TaskiqMessage
 from taskiq.abc.formatter import TaskiqFormatter
 from taskiq.acks import parse_acknowledge_type
 
 from app.retry import describe_error
+from app.wire import TASK_ID_PATTERN, TASK_NAME_HEADER
 
-TASK_NAME_HEADER = "Kiq-Task-Name"
-# Task ids end up in log lines, Redis keys and the result notification lines.
-TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _MAX_TASK_NAME = 256
 
 

@@ -62,7 +62,7 @@ def _positive(text: str) -> int:
 
 
 def program_name(argv0: str | None = None) -> str:
-    """The name this program was started as, for usage lines.
+    """Tell the name this program was started as, for usage lines.
 
     :param argv0: ``sys.argv[0]`` (default: the real one).
     :return: ``python -m app`` for the package's ``__main__``, else the command's own name

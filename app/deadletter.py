@@ -25,25 +25,19 @@ from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from nats.js.errors import NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
-from app.broker import (
+from app.config import Settings
+from app.errors import AppError
+from app.redact import redact, redact_url
+from app.wire import (
     DEAD_LETTER_DELIVERIES_HEADER,
     DEAD_LETTER_DETAIL_HEADER,
     DEAD_LETTER_REASON_HEADER,
     DEAD_LETTER_SEQUENCE_HEADER,
     DEAD_LETTER_TIME_HEADER,
     TASK_NAME_HEADER,
+    replay_headers,
 )
-from app.config import Settings
-from app.errors import AppError
-from app.redact import redact, redact_url
 
-_DEAD_LETTER_HEADERS = {
-    DEAD_LETTER_REASON_HEADER,
-    DEAD_LETTER_DETAIL_HEADER,
-    DEAD_LETTER_DELIVERIES_HEADER,
-    DEAD_LETTER_SEQUENCE_HEADER,
-    DEAD_LETTER_TIME_HEADER,
-}
 #: Seconds to wait for NATS to accept the connection, and for each JetStream request.
 CONNECT_TIMEOUT_SECONDS = 5.0
 REQUEST_TIMEOUT_SECONDS = 10.0
@@ -77,7 +71,7 @@ class DeadLetter:
     detail: str | None = None
 
     def as_json(self) -> str:
-        """The dead letter as one JSON line; arguments too deep to encode are left out."""
+        """Render the dead letter as one JSON line; arguments too deep to encode are left out."""
         fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
         try:
             return json.dumps(fields, default=str)
@@ -207,7 +201,7 @@ class ReplaySummary:
 
 
 def _describe(exc: BaseException) -> str:
-    """An exception in a few words, credentials masked."""
+    """Describe an exception in a few words, credentials masked."""
     return redact(str(exc) or type(exc).__name__)
 
 
@@ -264,7 +258,7 @@ class DeadLetterStream:
         self.last_seq = int(info.state.last_seq)
 
     async def _get(self, sequence: int, *, next_one: bool) -> RawStreamMsg | None:
-        """The message at ``sequence`` (or the first one after it), None when there is none.
+        """Read the message at ``sequence`` (or the first one after it), None when there is none.
 
         :raises DeadLetterError: when NATS does not answer.
         """
@@ -282,7 +276,7 @@ class DeadLetterStream:
             ) from None
 
     async def messages(self, limit: int | None = None) -> AsyncIterator[RawStreamMsg]:
-        """The stored messages, oldest first, up to the last one stored when the stream was opened.
+        """Yield the stored messages, oldest first, up to the last one stored at the opening.
 
         Messages dead-lettered while this runs (a replayed message failing again) are not
         included, so a replay of everything always ends.
@@ -301,7 +295,7 @@ class DeadLetterStream:
             sequence = msg.seq + 1
 
     async def letters(self, limit: int | None = None) -> AsyncIterator[DeadLetter]:
-        """The dead letters, decoded one by one, oldest first.
+        """Yield the dead letters, decoded one by one, oldest first.
 
         :param limit: most messages to yield (None: all).
         """
@@ -340,8 +334,7 @@ class DeadLetterStream:
                 sequence, Outcome.REFUSED, f"{problem}; left in the dead-letter stream"
             )
         what = f"task {letter.task_id} ({letter.task_name})"
-        headers = {k: v for k, v in (msg.headers or {}).items() if k not in _DEAD_LETTER_HEADERS}
-        headers["Nats-Msg-Id"] = f"{letter.task_id}:replay:{sequence}"
+        headers = replay_headers(msg.headers, task_id=str(letter.task_id), sequence=sequence)
         subject = self.settings.nats_subject
         try:
             ack = await self.js.publish(subject, payload=msg.data or b"", headers=headers)

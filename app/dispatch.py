@@ -24,7 +24,10 @@ async def dispatch(
     kwargs: dict[str, Any],
     task_id: str | None = None,
 ) -> str:
-    """Publish a task and record it so its status reads ``queued``.
+    """Record a task so its status reads ``queued``, then publish it.
+
+    The record comes first: a task whose record cannot be saved is not queued at all
+    (:class:`DispatchError`), so ``GET /tasks/{id}`` never answers 404 for a queued task.
 
     Publishing again with the same ``task_id`` is safe within JetStream's duplicate window: the
     message id is the task id, so NATS drops the copy of a message it already stored.
@@ -37,33 +40,40 @@ async def dispatch(
     :return: the task id.
     :raises PayloadTooLargeError: when the message is over the size limit (nothing was sent).
     :raises DispatchUnconfirmedError: when NATS did not confirm in time (it may be queued).
-    :raises DispatchError: when NATS did not take the message.
+    :raises DispatchError: when NATS did not take the message, or Redis did not take its record
+        (then nothing was sent).
     """
     task_id = task_id or broker.id_generator()
     name = task.task_name
-    kick = task.kicker().with_task_id(task_id).kiq(*args, **kwargs)
-    record = broker.results.record_dispatch(task_id, name)
-    outcomes = await asyncio.gather(kick, record, return_exceptions=True)
-    kick_error = outcomes[0]
-    if isinstance(kick_error, BaseException):
+    try:
+        # First the record, then the message: a task is never queued without it, so
+        # GET /tasks/{id} never answers 404 for a task that is queued.
+        await broker.results.record_dispatch(task_id, name)
+    except Exception as exc:
+        reason = redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
+        logger.warning(
+            "task %s (%s) not queued: its dispatch record could not be saved: %s",
+            task_id,
+            name,
+            reason,
+        )
+        metrics.DISPATCH_ERRORS.labels(name, "result_store").inc()
+        raise DispatchError(
+            reason=f"the result store (Redis) did not record it ({reason}); nothing was queued"
+        ) from exc
+    try:
+        await task.kicker().with_broker(broker).with_task_id(task_id).kiq(*args, **kwargs)
+    except Exception as kick_error:
         await asyncio.gather(broker.results.forget_dispatch(task_id), return_exceptions=True)
         cause = kick_error.__cause__ if isinstance(kick_error, SendTaskError) else kick_error
         if isinstance(cause, PayloadTooLargeError):
             metrics.DISPATCH_ERRORS.labels(name, "too_large").inc()
-            raise cause
+            raise cause from None
         reason = redact(f"{type(cause).__name__}: {cause}".rstrip(": "))
         if isinstance(cause, TimeoutError):
             metrics.DISPATCH_ERRORS.labels(name, "unconfirmed").inc()
             raise DispatchUnconfirmedError(reason=reason) from kick_error
         metrics.DISPATCH_ERRORS.labels(name, "broker").inc()
         raise DispatchError(reason=reason) from kick_error
-    if isinstance(outcomes[1], BaseException):
-        # Queued, but GET /tasks/{id} answers 404 until the result is stored.
-        logger.warning(
-            "task %s (%s) is queued but its dispatch record could not be saved: %s",
-            task_id,
-            name,
-            redact(f"{type(outcomes[1]).__name__}: {outcomes[1]}"),
-        )
     metrics.TASKS_DISPATCHED.labels(name).inc()
     return task_id

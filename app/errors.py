@@ -25,6 +25,11 @@ class AppError(Exception):
     template: ClassVar[str] = "internal error"
 
     def __init__(self, detail: str | None = None, **context: Any) -> None:
+        """Create the error.
+
+        :param detail: the message (default: :attr:`template` filled in with ``context``).
+        :param context: values for the template.
+        """
         self.detail = detail if detail is not None else self.template.format(**context)
         self.context = context
         super().__init__(self.detail)

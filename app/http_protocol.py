@@ -61,7 +61,7 @@ class HttpLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HttpLimits:
-        """The limits configured by ``HTTP_*`` settings, the connection cap fitted to the fds."""
+        """Read the limits of the ``HTTP_*`` settings, the connection cap fitted to the fds."""
         return cls(
             header_timeout=settings.http_header_timeout_seconds,
             body_timeout=settings.http_body_timeout_seconds,
@@ -224,7 +224,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        """The request is fully read: no deadline until the next one starts."""
+        """Note that the request is fully read: no deadline until the next one starts."""
         if self._refused:
             return
         self._disarm()
@@ -282,7 +282,7 @@ class EdgeConfig(uvicorn.Config):
 
 
 def edge_config(settings: Settings, app: Any, **kwargs: Any) -> EdgeConfig:
-    """The uvicorn config of the API port, with every ``HTTP_*`` limit applied.
+    """Build the uvicorn config of the API port, with every ``HTTP_*`` limit applied.
 
     :param settings: kiqstack settings.
     :param app: ASGI app, or an import string (reload mode).

@@ -53,8 +53,6 @@ MAX_KEY_LENGTH = 255
 #: Room left at the end of JetStream's duplicate window for the re-sent message to reach NATS
 #: (nats-py gives up on a publish after 5 s).
 REPUBLISH_MARGIN_SECONDS = 10.0
-#: NATS's own default, used when a stream reports none.
-DEFAULT_DUPLICATE_WINDOW_SECONDS = 120.0
 
 State = Literal["pending", "queued"]
 
@@ -73,7 +71,7 @@ def check_key(key: str) -> str:
 
 
 def fingerprint(task_name: str, args: list[Any], kwargs: dict[str, Any]) -> str:
-    """A digest of what a dispatch asks for: the task and its arguments (key order ignored).
+    """Digest what a dispatch asks for: the task and its arguments (key order ignored).
 
     :return: hex SHA-256.
     """
@@ -126,9 +124,8 @@ class IdempotencyStore:
         self.redis = broker.results.redis
         self.prefix = f"{broker.settings.result_key_prefix}:idem"
         self.ttl = broker.settings.idempotency_ttl_seconds
-        window = broker.task_stream_config().duplicate_window or DEFAULT_DUPLICATE_WINDOW_SECONDS
         #: How long after the first attempt an unconfirmed dispatch may be sent again.
-        self.republish_window = max(0.0, float(window) - REPUBLISH_MARGIN_SECONDS)
+        self.republish_window = max(0.0, broker.duplicate_window - REPUBLISH_MARGIN_SECONDS)
 
     def redis_key(self, key: str) -> str:
         """Redis key of an idempotency key (hashed: any length and characters)."""

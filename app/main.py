@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,13 +16,14 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__, metrics
 from app.api import routers
 from app.api.deps import Kiq, Lifecycle
 from app.api.docs import install_docs
+from app.broker import KiqBroker
 from app.config import Settings, get_settings
 from app.errors import AppError, ClientDisconnectedError, describe_errors
 from app.logs import configure_logging
@@ -44,11 +45,22 @@ def import_task_modules(settings: Settings) -> None:
 
 
 class HTTPMetricsMiddleware:
-    """Count and time requests by route template (pure ASGI: cheap on the hot path)."""
+    """Count and time requests by route template (pure ASGI: cheap on the hot path).
 
-    def __init__(self, app: ASGIApp) -> None:
-        """Wrap an ASGI app."""
+    FastAPI's routes name themselves in the scope. Starlette's own (``/openapi.json``, the docs
+    assets mounted under ``/docs/assets``) do not: they are found in ``routes`` by their path, so
+    they count under their template (``/docs/assets/{path}``), and only a path no route serves
+    counts as ``unmatched``.
+    """
+
+    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute] = ()) -> None:
+        """Wrap an ASGI app.
+
+        :param app: the app.
+        :param routes: the app's routes (to name those that do not name themselves).
+        """
         self.app = app
+        self.routes = routes
         # Metric children by (method, route, status): looked up once, not per request.
         self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
@@ -59,6 +71,7 @@ class HTTPMetricsMiddleware:
             return
         started = time.perf_counter()
         status = 500
+        root_path = scope.get("root_path", "")  # a Mount changes it in the scope
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -70,7 +83,7 @@ class HTTPMetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = getattr(route, "path", None) or self._template(scope, root_path)
             key = (scope.get("method", ""), template, status)
             series = self._series.get(key)
             if series is None:
@@ -81,6 +94,14 @@ class HTTPMetricsMiddleware:
                 )
             series[0].inc()
             series[1].observe(time.perf_counter() - started)
+
+    def _template(self, scope: Scope, root_path: str) -> str:
+        """Find the template of the route serving a request that did not name its route."""
+        request = {**scope, "root_path": root_path}
+        for route in self.routes:
+            if route.matches(request)[0] is Match.FULL:
+                return str(getattr(route, "path_format", None) or "unmatched")
+        return "unmatched"
 
 
 async def _app_error(request: Request, exc: Exception) -> JSONResponse:
@@ -99,7 +120,7 @@ async def _app_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _slash_twin(request: Request) -> str | None:
-    """The path with its trailing slash added or removed, when a route serves that one."""
+    """Return the path with its trailing slash added or removed, when a route serves that one."""
     path: str = request.scope["path"]
     twin = path.rstrip("/") if path.endswith("/") else f"{path}/"
     if not twin.startswith("/") or twin.startswith(("//", "/\\")):
@@ -136,6 +157,7 @@ def create_app(
     lifecycle: Lifecycle | None = None,
     *,
     metrics_port: int | None = None,
+    broker: KiqBroker | None = None,
 ) -> FastAPI:
     """Build the API.
 
@@ -143,13 +165,18 @@ def create_app(
     :param lifecycle: shared draining state (the server runner flips it on SIGTERM).
     :param metrics_port: serve ``/metrics``, ``/livez`` and ``/readyz`` on this port while the app
         runs (the server does; tests in-process do not).
+    :param broker: the broker to dispatch with, used as it is (its own settings, transport and
+        result backend; ``app.tasks.broker.build_broker``). Default: the process-wide broker of
+        ``app.tasks.broker``, configured with ``settings``.
     :return: the FastAPI application.
     """
     settings = settings or get_settings()
     lifecycle = lifecycle or Lifecycle()
-    from app.tasks.broker import broker
+    if broker is None:
+        from app.tasks.broker import broker as shared
 
-    broker.configure(settings)
+        shared.configure(settings)
+    kiq_broker = broker if broker is not None else shared
     import_task_modules(settings)
 
     @asynccontextmanager
@@ -161,8 +188,8 @@ def create_app(
             probes = ServerProbes(kiq, settings.host, metrics_port)
             await probes.start()
         try:
-            if not broker.is_worker_process:
-                await broker.startup()
+            if not kiq_broker.is_worker_process:
+                await kiq_broker.startup()
                 lifecycle.broker_started = True
             logger.info("kiqstack API %s ready on port %d", __version__, settings.port)
             yield
@@ -170,7 +197,7 @@ def create_app(
             lifecycle.draining = True
             if lifecycle.broker_started:
                 lifecycle.broker_started = False
-                await broker.shutdown()
+                await kiq_broker.shutdown()
             if probes is not None:
                 await probes.stop()
 
@@ -186,12 +213,12 @@ def create_app(
         redirect_slashes=False,
     )
     install_docs(app)
-    kiq = app.state.kiq = Kiq(settings, broker, TaskCatalog(broker), lifecycle)
+    kiq = app.state.kiq = Kiq(settings, kiq_broker, TaskCatalog(kiq_broker), lifecycle)
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(RedisError, _redis_error)
-    app.add_middleware(HTTPMetricsMiddleware)
+    app.add_middleware(HTTPMetricsMiddleware, routes=app.router.routes)
     for router in routers:
         app.include_router(router)
     return app

@@ -29,7 +29,7 @@ _STRICT: dict[Any, Any] = {int: StrictInt, float: StrictFloat, bool: StrictBool}
 
 
 def strict_hint(hint: Any) -> Any:
-    """The hint with ``int``, ``float`` and ``bool`` made strict, also inside unions and containers.
+    """Make ``int``, ``float`` and ``bool`` strict in a hint, also inside unions and containers.
 
     ``int`` refuses ``true``, ``2.5`` and ``"7"``; ``float`` refuses ``true`` and ``"2.5"`` but
     takes ``2``; ``bool`` refuses ``1`` and ``"true"``. Other types keep pydantic's lax rules.

@@ -31,7 +31,7 @@ class Backoff:
         self.attempt = 0
 
     def next(self) -> float:
-        """The next wait, in seconds."""
+        """Return the next wait, in seconds."""
         wait = min(self.cap, self.first * float(2**self.attempt))
         self.attempt = min(self.attempt + 1, 30)
         return wait

@@ -106,7 +106,7 @@ def run_server(settings: Settings) -> int:
 
 
 def worker_command(settings: Settings) -> list[str]:
-    """The ``taskiq worker`` command line equivalent to ``python -m app worker``.
+    """Build the ``taskiq worker`` command line equivalent to ``python -m app worker``.
 
     :param settings: kiqstack settings.
     :return: argv.
@@ -115,7 +115,7 @@ def worker_command(settings: Settings) -> list[str]:
 
 
 def worker_arguments(settings: Settings) -> list[str]:
-    """The arguments of ``taskiq worker`` for these settings.
+    """Build the arguments of ``taskiq worker`` for these settings.
 
     :param settings: kiqstack settings.
     :return: the arguments after ``taskiq worker``.
@@ -178,7 +178,7 @@ def run_worker(settings: Settings) -> int:
 
 
 def serve_worker(args: WorkerArgs) -> int:
-    """taskiq's ``run_worker``, with worker processes that fail with a log record, not stderr.
+    """Run taskiq's ``run_worker``, with worker processes that fail with a log record, not stderr.
 
     :param args: parsed ``taskiq worker`` arguments.
     :return: exit code (0 after a clean stop).

@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
+
+from scripts.localinfra import Process
 
 ROOT = Path(__file__).resolve().parent.parent
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -75,30 +76,18 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-class Proc:
+class Proc(Process):
     """A process we started in its own session (so its whole group can be stopped)."""
 
     def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
         """Start ``argv`` with ``env``; stdout and stderr go to ``log``."""
+        super().__init__(argv, log, env=env, cwd=ROOT, session=True)
         self.log = log
-        with log.open("ab") as out:
-            self.popen = subprocess.Popen(
-                argv,
-                env=env,
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    @property
-    def pid(self) -> int:
-        """The process id."""
-        return self.popen.pid
+        self.spawn()
 
     def alive(self) -> bool:
         """Tell whether the process still runs."""
-        return self.popen.poll() is None
+        return self.running
 
     def main_pid(self) -> int:
         """The process doing the work: the largest descendant (taskiq's worker), or itself."""
@@ -124,21 +113,9 @@ class Proc:
         """CPU seconds used by the process and its live descendants."""
         return cpu_seconds(self.pid) + sum(cpu_seconds(p) for p in descendants(self.pid))
 
-    def stop(self, timeout: float = 20.0) -> None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
         """SIGTERM, then SIGKILL to the whole group after ``timeout``."""
-        if self.alive():
-            self.popen.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(timeout)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(5)
-
-    def tail(self, lines: int = 40) -> str:
-        """The end of the log."""
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        super().stop(sig, timeout)
 
 
 def python() -> str:

@@ -87,7 +87,7 @@ def parse_comments(text: str) -> list[Doc]:
 
 
 def lookup(values: dict[str, Any], path: str) -> Any:
-    """The value at a dotted path."""
+    """Return the value at a dotted path."""
     node: Any = values
     for part in path.split("."):
         node = node[part]
@@ -138,7 +138,7 @@ def escape(text: str) -> str:
 
 
 def values_table(values: dict[str, Any], docs: list[Doc]) -> str:
-    """The Markdown values table."""
+    """Render the Markdown values table."""
     rows = ["| Key | Type | Default | Description |", "|-----|------|---------|-------------|"]
     for doc in docs:
         value = lookup(values, doc.path)

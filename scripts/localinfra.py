@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -138,65 +138,158 @@ def find_redis_server() -> str:
     )
 
 
-@dataclass
-class Server:
-    """A server process we started."""
+class Process:
+    """A process we started, its output appended to a log file; stopped by PID.
 
-    name: str
-    argv: list[str]
-    host: str
-    port: int
-    workdir: Path
-    log_path: Path
-    #: Run in a session of its own and die with the starting process (see the module docstring).
-    detached: bool = False
-    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    The one process wrapper of the test fixtures (:class:`Server`, ``tests/support/stack.Role``),
+    ``make run`` and the benchmarks (``bench/procs.Proc``). In a session of its own
+    (``session=True``), :meth:`stop` and :meth:`kill_group` also end every process it started.
+    """
 
-    def start(self, timeout: float = 15.0) -> Server:
-        """Start the process and wait until its port answers."""
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            self.argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=self.workdir,
-            start_new_session=self.detached,
-            preexec_fn=die_with_parent if self.detached else None,
-        )
-        log.close()
-        try:
-            wait_for_port(self.host, self.port, timeout)
-        except TimeoutError:
-            self.stop()
-            raise RuntimeError(
-                f"{self.name} did not start; log:\n{self.log_path.read_text(errors='replace')}"
-            ) from None
-        return self
+    def __init__(
+        self,
+        argv: list[str],
+        log_path: Path,
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        session: bool = False,
+        die_with_parent: bool = False,
+    ) -> None:
+        """Describe the process (not started: :meth:`spawn`).
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
-        """Stop the process by PID (SIGKILL after ``timeout``)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(sig)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        :param argv: the command line.
+        :param log_path: where stdout and stderr go (appended).
+        :param env: its environment (default: this process's).
+        :param cwd: its working directory (default: this process's).
+        :param session: run it in a session (and process group) of its own.
+        :param die_with_parent: SIGTERM it when the process that started it dies (Linux).
+        """
+        self.argv = argv
+        self.log_path = log_path
+        self.env = env
+        self.cwd = cwd
+        self.session = session
+        self.die_with_parent = die_with_parent
+        self.process: subprocess.Popen[bytes] | None = None
 
-    def kill(self) -> None:
-        """SIGKILL the process."""
-        self.stop(signal.SIGKILL)
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """Start the process (without waiting for anything)."""
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                cwd=self.cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=self.session,
+                preexec_fn=die_with_parent if self.die_with_parent else None,
+            )
+        return self.process
+
+    @property
+    def pid(self) -> int:
+        """The process id (it must have been started)."""
+        assert self.process is not None  # noqa: S101
+        return self.process.pid
 
     @property
     def running(self) -> bool:
         """Tell whether the process is alive."""
         return self.process is not None and self.process.poll() is None
 
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to exit and return its code."""
+        assert self.process is not None  # noqa: S101
+        return self.process.wait(timeout)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        """Send ``sig``, wait up to ``timeout``, then SIGKILL (its whole group with ``session``)."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout)
+        if self.session:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        elif self.process.poll() is None:
+            self.process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(10)
+
+    def kill(self) -> None:
+        """SIGKILL the process."""
+        self.stop(signal.SIGKILL)
+
+    def kill_group(self) -> None:
+        """SIGKILL the process and every process of its group (like a pod's container dying)."""
+        assert self.process is not None  # noqa: S101
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    # Defined after stop(): its name would hide the module in the defaults above.
+    def signal(self, sig: int) -> None:
+        """Send a signal to the process."""
+        assert self.process is not None  # noqa: S101
+        self.process.send_signal(sig)
+
+    def logs(self) -> str:
+        """Everything the process printed so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def tail(self, lines: int = 40) -> str:
+        """Return the last ``lines`` lines of its log."""
+        return "\n".join(self.logs().splitlines()[-lines:])
+
+
+class Server(Process):
+    """A server process we started, answering on ``host:port``."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        host: str,
+        port: int,
+        workdir: Path,
+        log_path: Path,
+        detached: bool = False,
+    ) -> None:
+        """Describe the server (not started: :meth:`start`).
+
+        :param name: its name in messages.
+        :param argv: the command line.
+        :param host: the address it listens on.
+        :param port: the port it listens on.
+        :param workdir: its working directory.
+        :param log_path: where its output goes.
+        :param detached: run it in a session of its own, and let it die with the process that
+            started it (see the module docstring).
+        """
+        super().__init__(argv, log_path, cwd=workdir)
+        self.name = name
+        self.host = host
+        self.port = port
+        self.workdir = workdir
+        self.detached = detached
+
+    def start(self, timeout: float = 15.0) -> Server:
+        """Start the process and wait until its port answers."""
+        self.session = self.die_with_parent = self.detached
+        self.spawn()
+        try:
+            wait_for_port(self.host, self.port, timeout)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"{self.name} did not start; log:\n{self.logs()}") from None
+        return self
+
 
 def nats_server(workdir: Path, port: int | None = None, host: str = "127.0.0.1") -> Server:
-    """A ``nats-server -js`` (not started) storing JetStream data under ``workdir``."""
+    """Describe a ``nats-server -js`` (not started) storing JetStream data under ``workdir``."""
     port = port or free_port(host)
     store = workdir / "jetstream"
     store.mkdir(parents=True, exist_ok=True)
@@ -205,7 +298,7 @@ def nats_server(workdir: Path, port: int | None = None, host: str = "127.0.0.1")
 
 
 def redis_server(workdir: Path, port: int | None = None, host: str = "127.0.0.1") -> Server:
-    """A ``redis-server`` (not started) with no persistence, bound to ``host``."""
+    """Describe a ``redis-server`` (not started) with no persistence, bound to ``host``."""
     port = port or free_port(host)
     argv = [
         find_redis_server(),

@@ -99,11 +99,12 @@ class StopSignals:
         self.received.append(sig)
 
     def __bool__(self) -> bool:
+        """Tell whether a signal was received."""
         return bool(self.received)
 
 
 def choose_port(wanted: int | None, default: int, host: str = LOOPBACK, span: int = 1) -> int:
-    """The port to use: ``wanted`` if given, else ``default`` when free, else a free one.
+    """Choose the port: ``wanted`` if given, else ``default`` when free, else a free one.
 
     :param wanted: a port the user asked for (0: any free port).
     :param default: the conventional port.
@@ -163,7 +164,7 @@ def is_ready(url: str) -> bool:
 
 
 def banner(settings: Settings, nats: Server, redis: Server, env_file: Path) -> str:
-    """What ``make run`` prints once the API and the worker are ready."""
+    """Build what ``make run`` prints once the API and the worker are ready."""
     api = f"http://{LOOPBACK}:{settings.port}"
     lines = [
         "",

@@ -38,7 +38,7 @@ class Kiq:
 
 
 async def get_kiq(request: Request) -> Kiq:
-    """The app's :class:`Kiq` context."""
+    """Return the app's :class:`Kiq` context."""
     kiq: Kiq = request.app.state.kiq
     return kiq
 

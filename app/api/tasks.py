@@ -85,7 +85,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _non_finite(value: Any, where: str) -> str | None:
-    """The path of the first NaN or infinite number in parsed JSON (None when there is none)."""
+    """Find the first NaN or infinite number in parsed JSON: its path (None when there is none)."""
     stack: list[tuple[Any, str]] = [(value, where)]
     while stack:
         item, path = stack.pop()
@@ -155,7 +155,7 @@ async def _wait_for(broker: KiqBroker, task_id: str, seconds: float) -> dict[str
 
 @router.get("/tasks", response_model=list[TaskInfo])
 async def list_tasks(kiq: KiqDep) -> list[TaskInfo]:
-    """Registered tasks, with their parameters as JSON schema."""
+    """List the registered tasks, with their parameters as JSON schema."""
     return [
         TaskInfo(name=spec.name, description=spec.doc, parameters=spec.json_schema())
         for spec in kiq.catalog.all()
@@ -268,7 +268,7 @@ async def get_task(task_id: str, kiq: KiqDep) -> TaskStatus:
 
 @router.post("/process", response_model=ProcessResponse, responses={415: {"model": ErrorResponse}})
 async def process_data(data: str, request: Request, kiq: KiqDep) -> ProcessResponse:
-    """The seed's example: dispatch ``example_task`` for background processing."""
+    """Dispatch ``example_task`` for background processing (the seed's example)."""
     from app.tasks.example import example_task
 
     check_content_type(request)  # no HTML form may trigger it

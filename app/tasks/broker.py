@@ -1,8 +1,9 @@
-"""The broker every kiqstack process shares, and the ``@register_task()`` decorator.
+"""The broker every kiqstack process shares, ``@register_task()``, and :func:`build_broker`.
 
 This module is the seed's interface: ``taskiq worker app.tasks.broker:broker app.tasks.example``.
 Importing it does no I/O: the broker connects in ``startup()``, reading settings from the
-environment (or from :meth:`KiqBroker.configure`).
+environment (or from :meth:`KiqBroker.configure`). :func:`build_broker` makes another broker wired
+the same way, for a process or a test that wants its own (``create_app(settings, broker=...)``).
 """
 
 from __future__ import annotations
@@ -14,17 +15,43 @@ from taskiq import TaskiqEvents
 from taskiq.decor import AsyncTaskiqDecoratedTask
 
 from app.broker import KiqBroker
+from app.config import Settings
+from app.results import KiqResultBackend
 from app.tasks.builtin import register_builtin_tasks
+from app.transport import TransportFactory
 from app.worker import TaskMetricsMiddleware, on_worker_shutdown, on_worker_startup
 
 _P = ParamSpec("_P")
 _ReturnT = TypeVar("_ReturnT")
 
-broker = KiqBroker().with_middlewares(TaskMetricsMiddleware())
-broker.state.kiqstack_broker = broker
-broker.add_event_handler(TaskiqEvents.WORKER_STARTUP, on_worker_startup)
-broker.add_event_handler(TaskiqEvents.WORKER_SHUTDOWN, on_worker_shutdown)
-register_builtin_tasks(broker)  # kiqstack.ping / kiqstack.echo, whatever TASK_MODULES says
+
+def build_broker(
+    settings: Settings | None = None,
+    *,
+    transport: TransportFactory | None = None,
+    result_backend: KiqResultBackend[Any] | None = None,
+) -> KiqBroker:
+    """Build a broker wired as every kiqstack process needs it; nothing is read or connected yet.
+
+    It has the task metrics middleware, the worker's startup and shutdown handlers (logging, probes
+    and ``/metrics``, queue depth) and the built-in ``kiqstack.*`` tasks.
+
+    :param settings: settings to use (default: read from the environment at startup).
+    :param transport: makes the transport from the settings (default: JetStream).
+    :param result_backend: the result backend (default: Redis on ``REDIS_URL``).
+    :return: the broker.
+    """
+    new = KiqBroker(settings, transport=transport).with_middlewares(TaskMetricsMiddleware())
+    if result_backend is not None:
+        new.with_result_backend(result_backend)
+    new.state.kiqstack_broker = new
+    new.add_event_handler(TaskiqEvents.WORKER_STARTUP, on_worker_startup)
+    new.add_event_handler(TaskiqEvents.WORKER_SHUTDOWN, on_worker_shutdown)
+    register_builtin_tasks(new)  # kiqstack.ping / kiqstack.echo, whatever TASK_MODULES says
+    return new
+
+
+broker = build_broker()
 
 
 def register_task(

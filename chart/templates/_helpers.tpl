@@ -30,6 +30,13 @@ Component names append "-server" / "-worker", so keep room for them (55 + 7 = 62
 {{- printf "%s-worker" (include "kiqstack.fullname" .) }}
 {{- end }}
 
+{{/*
+The scheduler's name; "-scheduler" is longer than "-server"/"-worker", so the fullname gives way.
+*/}}
+{{- define "kiqstack.schedulerName" -}}
+{{- printf "%s-scheduler" (include "kiqstack.fullname" . | trunc 53 | trimSuffix "-") }}
+{{- end }}
+
 {{- define "kiqstack.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -109,18 +116,19 @@ Call with (dict "ctx" $ "chart" "nats" "values" .Values.nats).
 
 {{/*
 NATS monitoring endpoint for KEDA: the headless Service, so the scaler can reach the consumer
-leader of a clustered JetStream by pod name.
+leader of a clustered JetStream by pod name. Call with (dict "ctx" $ "keda" <a pool's autoscaling.keda>).
 */}}
 {{- define "kiqstack.nats.monitoringEndpoint" -}}
-{{- $ka := .Values.worker.autoscaling.keda }}
+{{- $ctx := .ctx }}
+{{- $ka := .keda | default dict }}
 {{- if $ka.natsServerMonitoringEndpoint }}
 {{- $ka.natsServerMonitoringEndpoint }}
-{{- else if .Values.nats.enabled }}
+{{- else if $ctx.Values.nats.enabled }}
 {{- $port := 8222 }}
-{{- with .Values.nats.config }}{{ with .monitor }}{{ with .port }}{{ $port = . }}{{ end }}{{ end }}{{ end }}
-{{- printf "%s-headless.%s.svc.cluster.local:%v" (include "kiqstack.nats.fullname" .) .Release.Namespace $port }}
+{{- with $ctx.Values.nats.config }}{{ with .monitor }}{{ with .port }}{{ $port = . }}{{ end }}{{ end }}{{ end }}
+{{- printf "%s-headless.%s.svc.cluster.local:%v" (include "kiqstack.nats.fullname" $ctx) $ctx.Release.Namespace $port }}
 {{- else }}
-{{- .Values.externalNats.monitoringEndpoint }}
+{{- $ctx.Values.externalNats.monitoringEndpoint }}
 {{- end }}
 {{- end }}
 
@@ -153,17 +161,6 @@ Call with (dict "ctx" $ "component" "server" "constraints" .Values.server.topolo
 {{- end }}
 
 {{/*
-Effective least replica count of the worker (for the PDB).
-*/}}
-{{- define "kiqstack.worker.minReplicas" -}}
-{{- if eq .Values.worker.autoscaling.mode "none" }}
-{{- .Values.worker.replicas }}
-{{- else }}
-{{- .Values.worker.autoscaling.minReplicas }}
-{{- end }}
-{{- end }}
-
-{{/*
 Fail unless the cluster serves an API (CRD), unless skipApiChecks is set.
 Call with (dict "ctx" $ "api" "keda.sh/v1alpha1/ScaledObject" "feature" "worker.autoscaling.mode=keda" "hint" "...").
 */}}
@@ -174,7 +171,7 @@ Call with (dict "ctx" $ "api" "keda.sh/v1alpha1/ScaledObject" "feature" "worker.
 {{- end }}
 
 {{/*
-Pod-template annotations shared by both components. checksum/secret: see "kiqstack.secretChecksum".
+Pod-template annotations shared by every component. checksum/secret: see "kiqstack.secretChecksum".
 Call with (dict "ctx" $ "annotations" .Values.server.podAnnotations).
 */}}
 {{- define "kiqstack.podAnnotations" -}}
@@ -193,7 +190,7 @@ prometheus.io/path: /metrics
 {{- end }}
 
 {{/*
-The parts of a kiqstack pod spec that the server and the worker share.
+The parts of a kiqstack pod spec that the server, the workers and the scheduler share.
 Call with (dict "ctx" $ "component" "server" "values" .Values.server).
 */}}
 {{- define "kiqstack.podCommon" -}}
@@ -232,8 +229,9 @@ volumes:
 {{- end }}
 
 {{/*
-Container fields shared by the server and the worker: image, env, security context, /tmp.
-Call with (dict "ctx" $ "runMode" "server" "values" .Values.server).
+Container fields shared by the server, the workers and the scheduler: image, env, security context,
+/tmp. Call with (dict "ctx" $ "runMode" "server" "values" .Values.server), optionally "env": more
+rendered EnvVar entries (a worker pool's WORKER_*), placed before the component's extraEnv.
 */}}
 {{- define "kiqstack.containerCommon" -}}
 {{- $ctx := .ctx -}}
@@ -247,6 +245,9 @@ env:
     value: {{ .runMode | quote }}
   {{- with (include "kiqstack.secretEnv" $ctx | trim) }}
   {{- . | nindent 2 }}
+  {{- end }}
+  {{- with .env }}
+  {{- . | trim | nindent 2 }}
   {{- end }}
   {{- with .values.extraEnv }}
   {{- toYaml . | nindent 2 }}
@@ -272,4 +273,101 @@ readinessProbe:
 volumeMounts:
   - name: tmp
     mountPath: /tmp
+{{- end }}
+
+{{/*
+Labels of a worker pool's objects and pods: the component's labels and kiqstack.io/pool (not part of
+the selector, which stays name + instance + component). Call with (dict "ctx" $ "pool" $pool).
+*/}}
+{{- define "kiqstack.pool.labels" -}}
+{{ include "kiqstack.labels" (dict "ctx" .ctx "component" .pool.component) }}
+kiqstack.io/pool: {{ .pool.name }}
+{{- end }}
+
+{{/*
+The environment of a worker pool's container on top of the ConfigMap: the queues it serves and its
+own WORKER_* settings (the pool's values, else config.worker.*). Call with (dict "ctx" $ "pool" $pool).
+*/}}
+{{- define "kiqstack.pool.env" -}}
+{{- $s := .pool.settings }}
+- name: WORKER_QUEUES
+  value: {{ join "," .pool.queues | quote }}
+- name: WORKER_CONCURRENCY
+  value: {{ include "kiqstack.number" $s.concurrency | quote }}
+- name: WORKER_PROCESSES
+  value: {{ include "kiqstack.number" $s.processes | quote }}
+- name: WORKER_FETCH_BATCH
+  value: {{ include "kiqstack.number" $s.fetchBatch | quote }}
+- name: WORKER_SHUTDOWN_TIMEOUT
+  value: {{ include "kiqstack.number" $s.shutdownTimeout | quote }}
+{{- end }}
+
+{{/*
+A PodMonitor for the pods of one component (a worker pool, the scheduler), on `http-metrics`; the
+targets carry the pod label kiqstack.io/pool (as kiqstack_io_pool) when the pods have it.
+Call with (dict "ctx" $ "name" <name> "component" <component> "labels" <extra labels>).
+*/}}
+{{- define "kiqstack.podMonitor" -}}
+{{- $ctx := .ctx }}
+{{- include "kiqstack.requireApi" (dict "ctx" $ctx "api" "monitoring.coreos.com/v1/PodMonitor" "feature" "metrics.podMonitor.enabled" "hint" "Install the Prometheus Operator CRDs first.") }}
+{{- $m := $ctx.Values.metrics.podMonitor }}
+apiVersion: monitoring.coreos.com/v1
+kind: PodMonitor
+metadata:
+  name: {{ .name }}
+  namespace: {{ $ctx.Release.Namespace }}
+  labels:
+    {{- include "kiqstack.labels" (dict "ctx" $ctx "component" .component) | nindent 4 }}
+    {{- with .labels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+    {{- with $m.labels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  selector:
+    matchLabels:
+      {{- include "kiqstack.selectorLabels" (dict "ctx" $ctx "component" .component) | nindent 6 }}
+  namespaceSelector:
+    matchNames:
+      - {{ $ctx.Release.Namespace }}
+  podTargetLabels:
+    - kiqstack.io/pool
+  podMetricsEndpoints:
+    - port: http-metrics
+      path: /metrics
+      interval: {{ $m.interval }}
+      {{- with $m.scrapeTimeout }}
+      scrapeTimeout: {{ . }}
+      {{- end }}
+      {{- with $m.relabelings }}
+      relabelings:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $m.metricRelabelings }}
+      metricRelabelings:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+{{- end }}
+
+{{/*
+A PodDisruptionBudget for the pods of one component. Call with (dict "ctx" $ "name" <name>
+"component" <component> "maxUnavailable" <n or %>), optionally "labels" (more labels).
+*/}}
+{{- define "kiqstack.pdb" -}}
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ .name }}
+  namespace: {{ .ctx.Release.Namespace }}
+  labels:
+    {{- include "kiqstack.labels" (dict "ctx" .ctx "component" .component) | nindent 4 }}
+    {{- with .labels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  maxUnavailable: {{ .maxUnavailable }}
+  selector:
+    matchLabels:
+      {{- include "kiqstack.selectorLabels" (dict "ctx" .ctx "component" .component) | nindent 6 }}
 {{- end }}

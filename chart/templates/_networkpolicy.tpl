@@ -31,7 +31,7 @@ all carry app.kubernetes.io/instance=<release>.
 
 {{/*
 A NetworkPolicy object. Call with (dict "ctx" $ "name" <name> "component" <component>
-"podSelector" <LabelSelector> "rules" <rendered rule list>).
+"podSelector" <LabelSelector> "rules" <rendered rule list>), optionally "labels" (more labels).
 */}}
 {{- define "kiqstack.np.policy" -}}
 apiVersion: networking.k8s.io/v1
@@ -41,6 +41,9 @@ metadata:
   namespace: {{ .ctx.Release.Namespace }}
   labels:
     {{- include "kiqstack.labels" (dict "ctx" .ctx "component" .component) | nindent 4 }}
+    {{- with .labels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
 spec:
   podSelector:
     {{- toYaml .podSelector | nindent 4 }}

@@ -44,42 +44,12 @@ always renders, so every install, upgrade and template run goes through them.
 {{- if and $v.valkey.enabled (dig "externalRedis" "podSelector" dict $v.networkPolicy) }}
 {{- fail "networkPolicy.externalRedis.podSelector is for a Redis run outside this chart: set valkey.enabled=false (the subchart's pods get their policy anyway)" }}
 {{- end }}
-{{- /* Components */}}
-{{- if not (or $v.server.enabled $v.worker.enabled) }}
-{{- fail "server.enabled and worker.enabled are both false: nothing to deploy" }}
+{{- /* Components (the worker pools validate themselves: _pools.tpl) */}}
+{{- $pools := include "kiqstack.pools.enabled" . | fromJsonArray }}
+{{- if not (or $v.server.enabled $pools) }}
+{{- fail "the server and every worker pool are disabled (server.enabled, worker.enabled / workers.<name>.enabled): nothing to deploy" }}
 {{- end }}
 {{- if le (int $v.server.terminationGracePeriodSeconds) (int $v.config.shutdownDelaySeconds) }}
 {{- fail (printf "server.terminationGracePeriodSeconds (%v) must be greater than config.shutdownDelaySeconds (%v)" $v.server.terminationGracePeriodSeconds $v.config.shutdownDelaySeconds) }}
-{{- end }}
-{{- /* Autoscaling */}}
-{{- $as := $v.worker.autoscaling }}
-{{- if and $v.worker.enabled (ne $as.mode "none") }}
-{{- if gt (int $as.minReplicas) (int $as.maxReplicas) }}
-{{- fail (printf "worker.autoscaling.minReplicas (%v) must not exceed maxReplicas (%v)" $as.minReplicas $as.maxReplicas) }}
-{{- end }}
-{{- $cpu := not (kindIs "invalid" $as.targetCPUUtilizationPercentage) }}
-{{- $mem := not (kindIs "invalid" $as.targetMemoryUtilizationPercentage) }}
-{{- if and $cpu (not (dig "requests" "cpu" "" ($v.worker.resources | default dict))) }}
-{{- fail "worker.autoscaling.targetCPUUtilizationPercentage needs worker.resources.requests.cpu (utilization is relative to the request)" }}
-{{- end }}
-{{- if and $mem (not (dig "requests" "memory" "" ($v.worker.resources | default dict))) }}
-{{- fail "worker.autoscaling.targetMemoryUtilizationPercentage needs worker.resources.requests.memory (utilization is relative to the request)" }}
-{{- end }}
-{{- if eq $as.mode "hpa" }}
-{{- if lt (int $as.minReplicas) 1 }}
-{{- fail "worker.autoscaling.minReplicas must be at least 1 with mode=hpa (scale to zero needs mode=keda)" }}
-{{- end }}
-{{- if not (or $cpu $mem) }}
-{{- fail "worker.autoscaling.mode=hpa needs targetCPUUtilizationPercentage or targetMemoryUtilizationPercentage" }}
-{{- end }}
-{{- end }}
-{{- if eq $as.mode "keda" }}
-{{- if not (include "kiqstack.nats.monitoringEndpoint" .) }}
-{{- fail "worker.autoscaling.mode=keda with nats.enabled=false needs externalNats.monitoringEndpoint or worker.autoscaling.keda.natsServerMonitoringEndpoint (host:8222)" }}
-{{- end }}
-{{- if and $v.nats.enabled (not (dig "config" "monitor" "enabled" true $v.nats)) }}
-{{- fail "worker.autoscaling.mode=keda reads the NATS monitoring port: keep nats.config.monitor.enabled=true" }}
-{{- end }}
-{{- end }}
 {{- end }}
 {{- end }}

@@ -462,7 +462,8 @@ def validate_objects(rendered: Rendered) -> int:
     K8S_VERSIONS, CRD kinds against crd_schemas. Returns the number of objects checked."""
     import jsonschema
     import kubernetes_validate
-    from crd_schemas import SCHEMAS
+
+    from tests.chart.crd_schemas import SCHEMAS
 
     problems: list[str] = []
     for obj in rendered.objects:

@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from chartlib import Rendered, copy_chart, render
-from scenarios import SCENARIOS
+
+from tests.chart.chartlib import Rendered, copy_chart, render
+from tests.chart.scenarios import SCENARIOS
 
 
 @pytest.fixture(scope="session")

@@ -141,6 +141,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "properties": {
                 "selector": _SELECTOR,
                 "namespaceSelector": _NS_SELECTOR,
+                "podTargetLabels": {"type": "array", "items": _STR},
                 "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": _ENDPOINT},
             },
             "additionalProperties": False,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chartlib import ALL_APIS, KEDA_API
+from tests.chart.chartlib import ALL_APIS, KEDA_API
 
 EXTERNAL_URLS = {
     "nats": {"enabled": False},
@@ -41,6 +41,38 @@ EVERYTHING = {
         "grafanaDashboard": {"enabled": True},
     },
     "apiToken": "s3cret",
+}
+
+# Three worker pools, one per autoscaling mode (test_chart_pools looks inside).
+POOLS = {
+    "worker": {"resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}},
+    "workers": {
+        "default": {"autoscaling": {"minReplicas": 2}},
+        "cpu": {
+            "queues": ["cpu", "video"],
+            "concurrency": 2,
+            "processes": 4,
+            "fetchBatch": 1,
+            "shutdownTimeout": 600,
+            "resources": {"requests": {"cpu": "2"}},
+            "nodeSelector": {"pool": "cpu"},
+            "tolerations": [{"key": "dedicated", "value": "cpu", "effect": "NoSchedule"}],
+            "autoscaling": {
+                "mode": "keda",
+                "minReplicas": 0,
+                "maxReplicas": 6,
+                "targetCPUUtilizationPercentage": None,
+                "keda": {"lagThreshold": 4, "activationLagThreshold": 1},
+            },
+        },
+        "reports": {
+            "replicas": 3,
+            "autoscaling": {"mode": "none"},
+            "priorityClassName": "batch",
+            "podLabels": {"team": "finance"},
+            "topologySpreadConstraints": [],
+        },
+    },
 }
 
 SCENARIOS: dict[str, tuple[dict[str, Any], str, list[str] | None]] = {
@@ -128,6 +160,20 @@ SCENARIOS: dict[str, tuple[dict[str, Any], str, list[str] | None]] = {
         "demo",
         [KEDA_API],
     ),
+    "pools": (POOLS, "demo", [KEDA_API]),
+    "pools-everything": ({**EVERYTHING, **POOLS}, "demo", ALL_APIS),
+    "pools-hpa-keda": (
+        {"workers": {"cpu": {"autoscaling": {"mode": "keda", "minReplicas": 0}}}},
+        "demo",
+        [KEDA_API],
+    ),
+    "pools-old-style-keda": (
+        {"worker": {"autoscaling": {"mode": "keda"}}, "workers": {"cpu": {}}},
+        "demo",
+        [KEDA_API],
+    ),
+    "scheduler-off": ({"scheduler": {"enabled": False}}, "demo", None),
+    "scheduler-ha": ({"scheduler": {"replicas": 2}}, "demo", None),
     "ingress-open-allowed": (
         {"server": {"ingress": {"enabled": True, "allowUnauthenticated": True}}},
         "demo",

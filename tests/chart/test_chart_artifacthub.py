@@ -7,7 +7,8 @@ from urllib.parse import urlparse
 
 import pytest
 import yaml
-from chartlib import CHART_DIR
+
+from tests.chart.chartlib import CHART_DIR
 
 pytestmark = pytest.mark.chart
 

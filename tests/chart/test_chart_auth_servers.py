@@ -27,11 +27,11 @@ import nats
 import pytest
 import redis
 import yaml
-from chartlib import CHART_DIR, Rendered, render
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from scripts.localinfra import Server, find_nats_server, find_redis_server, free_port
+from tests.chart.chartlib import CHART_DIR, Rendered, render
 
 pytestmark = pytest.mark.chart
 
@@ -116,11 +116,15 @@ def valkey_with_auth(
 
 
 def app_env(release: Rendered) -> dict[str, str]:
+    """The worker's environment; the server and the scheduler get the same credentials and
+    settings (the worker adds the queues its pool serves)."""
     env = container_env(release, release.get("Deployment", "demo-kiqstack-worker"))
-    assert container_env(release, release.get("Deployment", "demo-kiqstack-server")) == {
-        **env,
-        "RUN_MODE": "server",
-    }
+    assert env["WORKER_QUEUES"] == "default"
+    for role in ("server", "scheduler"):
+        assert container_env(release, release.get("Deployment", f"demo-kiqstack-{role}")) == {
+            **{k: v for k, v in env.items() if k != "WORKER_QUEUES"},
+            "RUN_MODE": role,
+        }
     return env
 
 

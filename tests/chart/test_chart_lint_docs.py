@@ -10,7 +10,8 @@ from pathlib import Path
 import helm_python
 import pytest
 import yaml
-from chartlib import CHART_DIR, render
+
+from tests.chart.chartlib import CHART_DIR, render
 
 pytestmark = pytest.mark.chart
 
@@ -69,8 +70,25 @@ def test_schema_is_strict_for_own_blocks() -> None:
                 walk(sub, f"{path}.{key}")
 
     walk(schema, "")
+    for name, definition in schema["$defs"].items():
+        walk(definition, f"$defs.{name}")
     # only the subchart blocks and the free-form Kubernetes objects stay open
     assert sorted(open_blocks) == [".nats", ".valkey"]
+    # a pool takes every key of `worker` (by reference, never `required`: it sets what differs)
+    pool = schema["$defs"]["workerPool"]
+    worker = schema["properties"]["worker"]["properties"]
+    assert set(pool["properties"]) == set(worker) | {
+        "queues",
+        "concurrency",
+        "processes",
+        "fetchBatch",
+        "shutdownTimeout",
+    }
+    assert set(pool["properties"]["autoscaling"]["properties"]) == set(
+        worker["autoscaling"]["properties"]
+    )
+    assert "required" not in json.dumps(pool)
+    assert schema["properties"]["workers"]["additionalProperties"] == {"$ref": "#/$defs/workerPool"}
     assert schema["properties"]["worker"]["properties"]["autoscaling"]["properties"]["mode"][
         "enum"
     ] == [
@@ -95,6 +113,11 @@ def test_every_value_is_documented() -> None:
         "image.tag",
         "image.pullPolicy",
         "worker.autoscaling.mode",
+        "workers",
+        "workers.default.queues",
+        "workers.default.concurrency",
+        "scheduler.enabled",
+        "scheduler.replicas",
         "config.reload",
     ):
         assert key in paths
@@ -115,6 +138,10 @@ def test_readme_is_up_to_date() -> None:
         "## Upgrade",
         "## External NATS and Redis",
         "## Worker autoscaling",
+        "## Worker pools",
+        "## Routing a task to a pool",
+        "## Scale to zero with KEDA",
+        "## The scheduler",
         "## Metrics",
         "## Security",
     ):

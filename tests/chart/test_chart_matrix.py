@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 import yaml
-from chartlib import (
+
+from tests.chart.chartlib import (
     ALL_APIS,
     CHART_DIR,
     KEDA_API,
@@ -19,7 +20,7 @@ from chartlib import (
     validate_objects,
     validate_schema,
 )
-from scenarios import SCENARIOS
+from tests.chart.scenarios import SCENARIOS
 
 pytestmark = pytest.mark.chart
 

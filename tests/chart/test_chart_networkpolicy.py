@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chartlib import Rendered, container, render
+
+from tests.chart.chartlib import Rendered, container, render
 
 pytestmark = pytest.mark.chart
 
@@ -78,6 +79,7 @@ def pod_labels(r: Rendered, kind: str, name: str) -> dict[str, str]:
 
 SERVER = ("Deployment", "demo-kiqstack-server")
 WORKER = ("Deployment", "demo-kiqstack-worker")
+SCHEDULER = ("Deployment", "demo-kiqstack-scheduler")
 NATS = ("StatefulSet", "demo-nats")
 VALKEY = ("Deployment", "demo-valkey")
 
@@ -96,8 +98,9 @@ def other_release(r: Rendered) -> Source:
 
 def release_pods(r: Rendered) -> list[Source]:
     pods = [Source(pod_labels(r, *SERVER)), Source(pod_labels(r, *WORKER))]
+    pods += [Source(pod_labels(r, *SCHEDULER))]
     pods += [Source(p["metadata"]["labels"]) for p in r.own() if p["kind"] == "Pod"]
-    assert len(pods) >= 4  # server, worker, at least two helm test pods
+    assert len(pods) >= 5  # server, worker, scheduler, at least two helm test pods
     return pods
 
 
@@ -106,6 +109,7 @@ def test_default_render_fences_every_component(defaults: Rendered) -> None:
     targets = {
         "demo-kiqstack-server": SERVER,
         "demo-kiqstack-worker": WORKER,
+        "demo-kiqstack-scheduler": SCHEDULER,
         "demo-kiqstack-nats": NATS,
         "demo-kiqstack-valkey": VALKEY,
     }
@@ -143,11 +147,13 @@ def test_open_ports_by_default(defaults: Rendered) -> None:
         assert admitted(defaults, pod_labels(defaults, *SERVER), "http", src)
         assert admitted(defaults, pod_labels(defaults, *SERVER), "http-metrics", src)
         assert admitted(defaults, pod_labels(defaults, *WORKER), "http-metrics", src)
+        assert admitted(defaults, pod_labels(defaults, *SCHEDULER), "http-metrics", src)
         assert admitted(defaults, pod_labels(defaults, *NATS), 8222, src)
         assert admitted(defaults, pod_labels(defaults, *NATS), 7777, src)
         assert admitted(defaults, pod_labels(defaults, *VALKEY), 9121, src)
-    # the worker serves nothing else
+    # the worker and the scheduler serve nothing else
     assert not admitted(defaults, pod_labels(defaults, *WORKER), "http", INTRUDER)
+    assert not admitted(defaults, pod_labels(defaults, *SCHEDULER), "http", INTRUDER)
 
 
 def test_api_and_metrics_peers_are_kept_apart(rendered: dict[str, Rendered]) -> None:
@@ -159,12 +165,17 @@ def test_api_and_metrics_peers_are_kept_apart(rendered: dict[str, Rendered]) -> 
     assert not admitted(r, server, "http", PROMETHEUS)
     assert admitted(r, worker, "http-metrics", PROMETHEUS)
     assert not admitted(r, worker, "http-metrics", WEB)
+    scheduler = pod_labels(r, *SCHEDULER)
+    assert admitted(r, scheduler, "http-metrics", PROMETHEUS)
+    assert not admitted(r, scheduler, "http-metrics", WEB)
+    assert not admitted(r, scheduler, "http", WEB)
     for src in release_pods(r):  # the helm test pods reach the API
         assert admitted(r, server, "http", src)
     assert not admitted(r, server, "http", INTRUDER)
     # the named ports exist on the containers
     assert [p["name"] for p in container(r.get(*SERVER))["ports"]] == ["http", "http-metrics"]
     assert [p["name"] for p in container(r.get(*WORKER))["ports"]] == ["http-metrics"]
+    assert [p["name"] for p in container(r.get(*SCHEDULER))["ports"]] == ["http-metrics"]
 
 
 def test_keda_reaches_the_nats_monitor_port(rendered: dict[str, Rendered]) -> None:
@@ -216,6 +227,7 @@ def test_external_services_without_selector_get_no_policy(rendered: dict[str, Re
     assert {p["metadata"]["name"] for p in r.find("NetworkPolicy")} == {
         "demo-kiqstack-server",
         "demo-kiqstack-worker",
+        "demo-kiqstack-scheduler",
     }
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 import helm_python
 import pytest
-from chartlib import KEDA_API, render
+
+from tests.chart.chartlib import KEDA_API, render
 
 pytestmark = pytest.mark.chart
 
@@ -111,12 +113,13 @@ REFUSED: dict[str, tuple[dict[str, Any], type[Exception], str]] = {
     "hpa-without-cpu-request": (
         {"worker": {"resources": {"requests": {"cpu": None}}}},
         helm_python.HelmRenderError,
-        "needs worker.resources.requests.cpu",
+        "workers.default: autoscaling.targetCPUUtilizationPercentage needs resources.requests.cpu "
+        "(worker.resources or the pool's",
     ),
     "keda-without-crd": (
         {"worker": {"autoscaling": {"mode": "keda"}}},
         helm_python.HelmRenderError,
-        "worker.autoscaling.mode=keda needs the keda.sh/v1alpha1/ScaledObject API",
+        "workers.default.autoscaling.mode=keda needs the keda.sh/v1alpha1/ScaledObject API",
     ),
     "servicemonitor-without-crd": (
         {"metrics": {"serviceMonitor": {"enabled": True}}},
@@ -154,6 +157,100 @@ REFUSED: dict[str, tuple[dict[str, Any], type[Exception], str]] = {
         {"networkPolicy": {"allowFrom": []}},
         helm_python.HelmValuesError,
         "additional properties 'allowFrom' not allowed",
+    ),
+    # worker pools and the scheduler
+    "bad-pool-name": (
+        {"workers": {"CPU": {}}},
+        helm_python.HelmValuesError,
+        "'CPU' does not match pattern '^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$'",
+    ),
+    "bad-queue-name": (
+        {"workers": {"cpu": {"queues": ["cpu.heavy"]}}},
+        helm_python.HelmValuesError,
+        "at '/workers/cpu/queues/0': 'cpu.heavy' does not match pattern",
+    ),
+    "empty-queues": (
+        {"workers": {"cpu": {"queues": []}}},
+        helm_python.HelmValuesError,
+        "at '/workers/cpu/queues': minItems: got 0, want 1",
+    ),
+    "queue-twice": (
+        {"workers": {"cpu": {"queues": ["cpu", "cpu"]}}},
+        helm_python.HelmValuesError,
+        "at '/workers/cpu/queues': items at 0 and 1 are equal",
+    ),
+    "typo-in-pool": (
+        {"workers": {"cpu": {"autoscalling": {}}}},
+        helm_python.HelmValuesError,
+        "at '/workers/cpu': additional properties 'autoscalling' not allowed",
+    ),
+    "pool-mode-unknown": (
+        {"workers": {"cpu": {"autoscaling": {"mode": "vpa"}}}},
+        helm_python.HelmValuesError,
+        "at '/workers/cpu/autoscaling/mode': value must be one of 'hpa', 'keda', 'none'",
+    ),
+    "pool-concurrency-zero": (
+        {"workers": {"cpu": {"concurrency": 0}}},
+        helm_python.HelmValuesError,
+        "at '/workers/cpu/concurrency'",
+    ),
+    "queues-on-the-defaults": (
+        {"worker": {"queues": ["cpu"]}},
+        helm_python.HelmValuesError,
+        "at '/worker': additional properties 'queues' not allowed",
+    ),
+    "scheduler-zero-replicas": (
+        {"scheduler": {"replicas": 0}},
+        helm_python.HelmValuesError,
+        "at '/scheduler/replicas': minimum: got 0, want 1",
+    ),
+    "typo-in-scheduler": (
+        {"scheduler": {"replica": 2}},
+        helm_python.HelmValuesError,
+        "at '/scheduler': additional properties 'replica' not allowed",
+    ),
+    "default-queue-unserved": (
+        {"workers": {"default": {"queues": ["cpu"]}}},
+        helm_python.HelmRenderError,
+        'no enabled worker pool serves the queue "default" (pools: default [cpu]): tasks that '
+        "name no queue, and the built-in kiqstack.ping of the helm test, would wait forever",
+    ),
+    "default-pool-off-nothing-else": (
+        {"workers": {"default": {"enabled": False}, "cpu": {}}},
+        helm_python.HelmRenderError,
+        'no enabled worker pool serves the queue "default" (pools: cpu [cpu])',
+    ),
+    "pool-hpa-min-zero": (
+        {"workers": {"cpu": {"autoscaling": {"minReplicas": 0}}}},
+        helm_python.HelmRenderError,
+        "workers.cpu: autoscaling.minReplicas must be at least 1 with mode=hpa",
+    ),
+    "pool-min-above-max": (
+        {"workers": {"cpu": {"autoscaling": {"mode": "keda", "minReplicas": 3, "maxReplicas": 2}}}},
+        helm_python.HelmRenderError,
+        "workers.cpu: autoscaling.minReplicas (3) must not exceed maxReplicas (2)",
+    ),
+    "pool-hpa-without-target": (
+        {"workers": {"cpu": {"autoscaling": {"targetCPUUtilizationPercentage": None}}}},
+        helm_python.HelmRenderError,
+        "workers.cpu: autoscaling.mode=hpa needs targetCPUUtilizationPercentage or "
+        "targetMemoryUtilizationPercentage",
+    ),
+    "pool-cpu-target-without-request": (
+        {"workers": {"cpu": {"resources": {"requests": {"cpu": None}}}}},
+        helm_python.HelmRenderError,
+        "workers.cpu: autoscaling.targetCPUUtilizationPercentage needs resources.requests.cpu",
+    ),
+    "pool-keda-without-crd": (
+        {"workers": {"cpu": {"autoscaling": {"mode": "keda"}}}},
+        helm_python.HelmRenderError,
+        "workers.cpu.autoscaling.mode=keda needs the keda.sh/v1alpha1/ScaledObject API",
+    ),
+    "pool-name-too-long": (
+        {"fullnameOverride": "x" * 40, "workers": {"y" * 20: {}}},
+        helm_python.HelmRenderError,
+        f"workers.{'y' * 20}: its objects would be named {'x' * 40}-worker-{'y' * 20} "
+        "(68 characters, more than 63)",
     ),
     "nothing-to-deploy": (
         {"server": {"enabled": False}, "worker": {"enabled": False}},
@@ -228,3 +325,46 @@ def test_no_ingress_check_without_a_server(chart: Path) -> None:
 def test_open_service_outside_the_cluster_is_warned(chart: Path) -> None:
     r = render(chart, {"server": {"service": {"type": "LoadBalancer"}}})
     assert "the LoadBalancer Service demo-kiqstack-server (reachable from outside" in r.notes
+
+
+def test_keda_pool_with_external_nats_needs_monitoring_endpoint(chart: Path) -> None:
+    pool = {"autoscaling": {"mode": "keda"}}
+    values = {**NO_NATS, "externalNats": EXT_NATS, "workers": {"cpu": pool}}
+    with pytest.raises(helm_python.HelmRenderError, match=r"workers\.cpu: autoscaling\.mode=keda"):
+        render(chart, values, api_versions=[KEDA_API])
+    # the pool's own endpoint (or externalNats.monitoringEndpoint) is enough
+    pool["autoscaling"]["keda"] = {"natsServerMonitoringEndpoint": "nats.messaging:8222"}
+    r = render(chart, values, api_versions=[KEDA_API])
+    so = r.get("ScaledObject", "demo-kiqstack-worker-cpu")
+    assert so["spec"]["triggers"][0]["metadata"]["natsServerMonitoringEndpoint"] == (
+        "nats.messaging:8222"
+    )
+
+
+@pytest.fixture(scope="module")
+def chart_without_schema(chart: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The chart without values.schema.json: what `--skip-schema-validation` renders."""
+    copy = tmp_path_factory.mktemp("noschema") / "kiqstack"
+    shutil.copytree(chart, copy)
+    (copy / "values.schema.json").unlink()
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("workers", "message"),
+    [
+        ({"CPU": {}}, "workers.CPU: a pool name is 1 to 32 lowercase letters"),
+        ({"cpu": {"queues": ["cpu.heavy"]}}, "workers.cpu.queues: cpu.heavy is not a queue name"),
+        ({"cpu": {"queues": []}}, "workers.cpu.queues is empty"),
+        ({"cpu": {"queues": "cpu"}}, "workers.cpu.queues must be a list of queue names"),
+        ({"cpu": {"queues": ["a", "a"]}}, "workers.cpu.queues lists a queue twice: a, a"),
+        ({"cpu": {"autoscaling": {"mode": "vpa"}}}, "workers.cpu.autoscaling.mode must be hpa"),
+        ({"cpu": "big"}, "workers.cpu must be a map of pool values"),
+    ],
+)
+def test_pools_refused_without_the_schema(
+    chart_without_schema: Path, workers: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(helm_python.HelmRenderError) as excinfo:
+        render(chart_without_schema, {"workers": workers})
+    assert message in str(excinfo.value)

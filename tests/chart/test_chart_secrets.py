@@ -11,8 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chartlib import CHART_DIR, LOOKUP_HELPER, Rendered, container, env_map, render, render_upgrade
-from scenarios import SCENARIOS
+
+from tests.chart.chartlib import (
+    CHART_DIR,
+    LOOKUP_HELPER,
+    Rendered,
+    container,
+    env_map,
+    render,
+    render_upgrade,
+)
+from tests.chart.scenarios import SCENARIOS
 
 pytestmark = pytest.mark.chart
 
@@ -89,9 +98,9 @@ def test_nats_server_and_app_read_one_login(
     # the NATS server: env of the (stand-in) StatefulSet, from nats.container.env ($tplYaml)
     [nats] = r.find("StatefulSet")
     server_env = {e["name"]: e for e in nats["spec"]["template"]["spec"]["containers"][0]["env"]}
-    workers = [o for o in r.own() if o["kind"] == "Deployment"]
-    assert len(workers) == 2
-    for dep in workers:
+    apps = [o for o in r.own() if o["kind"] == "Deployment"]
+    assert len(apps) == 3  # server, worker, scheduler
+    for dep in apps:
         env = env_map(dep)
         for var, key in (("KIQSTACK_NATS_USER", "user"), ("KIQSTACK_NATS_PASSWORD", "password")):
             assert _ref(env, var) == _ref(server_env, var) == {"name": secret, "key": key}

@@ -16,10 +16,10 @@ from typing import Any
 
 import helm_python
 import pytest
-from chartlib import CHART_DIR, Rendered, render, validate_schema
 
 from app.config import Settings, load_settings
 from app.errors import ConfigError
+from tests.chart.chartlib import CHART_DIR, Rendered, render, validate_schema
 
 pytestmark = pytest.mark.chart
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chartlib import Rendered, container, render
 
 from app.config import Settings, load_settings
+from tests.chart.chartlib import Rendered, container, render
 
 pytestmark = pytest.mark.chart
 
@@ -122,3 +122,25 @@ def test_large_and_fractional_values_load_as_intended(
     assert env["BIG_NUMBER"] == "123456789"
     assert env["RATIO"] == "0.25"
     assert not [f"{k}={v}" for k, v in env.items() if re.fullmatch(r"[0-9.]+e[+-]?\d+", v)]
+
+
+def test_a_pool_settings_load_in_the_app(chart: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pool's own WORKER_* entries win over the ConfigMap, at any size, as the app reads them."""
+    pool = {
+        "queues": ["cpu", "video"],
+        "concurrency": 3,
+        "processes": 2,
+        "fetchBatch": 1,
+        "shutdownTimeout": 1_000_000,
+    }
+    rendered = render(chart, {"workers": {"cpu": pool}})
+    settings, env = load_rendered(rendered, "worker-cpu", monkeypatch)
+    assert settings.run_mode.value == "worker"
+    assert (settings.worker_concurrency, settings.worker_processes) == (3, 2)
+    assert settings.worker_fetch_batch == 1
+    assert settings.worker_shutdown_timeout == 1_000_000
+    assert (env["WORKER_QUEUES"], env["WORKER_SHUTDOWN_TIMEOUT"]) == ("cpu,video", "1000000")
+    # the default pool keeps config.worker.*
+    settings, env = load_rendered(rendered, "worker", monkeypatch)
+    assert (settings.worker_concurrency, settings.worker_shutdown_timeout) == (16, 30)
+    assert env["WORKER_QUEUES"] == "default"

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import helm_python
+import jsonpatch
+import jsonpointer
 import jsonschema
 import pytest
 import yaml
@@ -71,47 +73,16 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-# --- JSON patch (RFC 6902 subset used by skaffold profiles: add, replace, remove) -------------
-
-
-def _pointer(path: str) -> list[str]:
-    assert path.startswith("/"), f"not a JSON pointer: {path!r}"
-    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
+# --- JSON patch (RFC 6902, as skaffold profiles use it) ---------------------------------------
 
 
 def apply_patches(doc: Any, patches: list[dict[str, Any]]) -> Any:
     """Apply skaffold profile patches (``op`` defaults to replace); fails on a bad path."""
-    doc = copy.deepcopy(doc)
-    for patch in patches:
-        op = patch.get("op", "replace")
-        *parents, last = _pointer(patch["path"])
-        node = doc
-        for part in parents:
-            node = node[int(part)] if isinstance(node, list) else node[part]
-        if isinstance(node, list):
-            if op == "add":
-                index = len(node) if last == "-" else int(last)
-                assert 0 <= index <= len(node), f"invalid path {patch['path']}"
-                node.insert(index, copy.deepcopy(patch["value"]))
-            else:
-                index = int(last)
-                assert 0 <= index < len(node), f"invalid path {patch['path']}"
-                if op == "replace":
-                    node[index] = copy.deepcopy(patch["value"])
-                elif op == "remove":
-                    del node[index]
-                else:
-                    raise AssertionError(f"unsupported op {op}")
-        else:
-            if op in ("replace", "remove"):
-                assert last in node, f"invalid path {patch['path']}: {last!r} missing"
-            if op in ("add", "replace"):
-                node[last] = copy.deepcopy(patch["value"])
-            elif op == "remove":
-                del node[last]
-            else:
-                raise AssertionError(f"unsupported op {op}")
-    return doc
+    operations = [{"op": "replace", **patch} for patch in patches]
+    try:
+        return jsonpatch.apply_patch(doc, operations)
+    except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
+        raise AssertionError(f"invalid patch {patches}: {exc}") from None
 
 
 # --- skaffold ---------------------------------------------------------------------------------

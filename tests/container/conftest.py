@@ -33,9 +33,9 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.localinfra import Server, free_port, nats_server, redis_server
+from tests.support.stack import metric_value as page_metric
 from tests.support.stack import poll
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -520,15 +520,13 @@ def wait_status() -> Callable[..., dict[str, Any]]:
 
 
 def read_metric(base_url: str, name: str, **labels: str) -> float:
-    """Sum of the samples called ``name`` (with these labels) on ``base_url``/metrics."""
+    """Sum of the samples called ``name`` (with these labels) on ``base_url``/metrics (0: none)."""
     answer = httpx.get(f"{base_url}/metrics", timeout=5)
     assert answer.status_code == 200, answer.text
-    total = 0.0
-    for family in text_string_to_metric_families(answer.text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
+    try:
+        return page_metric(answer.text, name, **labels)
+    except KeyError:
+        return 0.0
 
 
 @pytest.fixture

@@ -100,7 +100,7 @@ def test_installs_exactly_the_locked_versions(docker, image):
     assert not extra, f"installed but not locked: {extra}"
     wrong = {n: (v, locked[n]) for n, v in installed.items() if locked[n] != v}
     assert not wrong, f"installed != locked: {wrong}"
-    for required in ("fastapi", "starlette", "pydantic-core", "anyio", "taskiq-nats", "pip"):
+    for required in ("fastapi", "starlette", "pydantic-core", "anyio", "nats-py", "pip"):
         assert required in installed
 
 

@@ -20,15 +20,15 @@ import httpx
 import nats
 import pytest
 
-from app.broker import (
+from app.config import Settings
+from app.jetstream.topology import Topology
+from app.wire import (
     DEAD_LETTER_DELIVERIES_HEADER,
     DEAD_LETTER_REASON_HEADER,
     DEAD_LETTER_SEQUENCE_HEADER,
     DEAD_LETTER_TIME_HEADER,
     TASK_NAME_HEADER,
-    KiqBroker,
 )
-from app.config import Settings
 from scripts.localinfra import Server, free_port, nats_server
 from tests.support.stack import Stack, poll
 
@@ -67,10 +67,10 @@ async def _nats(settings: Settings, *actions: Any) -> list[Any]:
 
 def create_streams(settings: Settings, *, tasks: bool = True) -> None:
     """Create the streams as a kiqstack process does at startup (nothing in them)."""
-    broker = KiqBroker(settings)
-    actions = [lambda js: js.add_stream(broker.dead_letter_stream_config())]
+    topology = Topology(settings)
+    actions = [lambda js: js.add_stream(topology.dead_letter_stream_config())]
     if tasks:
-        actions.append(lambda js: js.add_stream(broker.task_stream_config()))
+        actions.append(lambda js: js.add_stream(topology.task_stream_config()))
     asyncio.run(_nats(settings, *actions))
 
 

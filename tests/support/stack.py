@@ -7,18 +7,17 @@ import os
 import secrets
 import signal
 import socket
-import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
-from scripts.localinfra import free_port
+from scripts.localinfra import Process, free_port
 
 T = TypeVar("T")
 
@@ -62,28 +61,25 @@ def unique_names(tag: str = "t") -> dict[str, str]:
     }
 
 
-@dataclass
-class Role:
-    """One ``python -m app <role>`` process."""
+class Role(Process):
+    """One ``python -m app <role>`` process, in a session of its own."""
 
-    role: str
-    env: dict[str, str]
-    log_path: Path
-    port: int | None = None
-    metrics_port: int | None = None
-    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    def __init__(
+        self,
+        role: str,
+        env: dict[str, str],
+        log_path: Path,
+        port: int | None = None,
+        metrics_port: int | None = None,
+    ) -> None:
+        super().__init__([sys.executable, "-m", "app", role], log_path, env=env, session=True)
+        self.role = role
+        self.port = port
+        self.metrics_port = metrics_port
 
     def start(self, wait_ready: bool = True, timeout: float = 30.0) -> Role:
         """Start the process; wait until its probe port answers ``/readyz``."""
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "app", self.role],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
+        self.spawn()
         if wait_ready:
             self.wait_ready(timeout)
         return self
@@ -113,38 +109,9 @@ class Role:
                     raise TimeoutError(f"{self.role} not ready after {timeout}s:\n{self.logs()}")
                 time.sleep(0.1)
 
-    def logs(self) -> str:
-        """Everything the process printed so far."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def signal(self, sig: int) -> None:
-        """Send a signal to the process (the taskiq worker parent for ``worker``)."""
-        assert self.process is not None
-        self.process.send_signal(sig)
-
-    def kill_group(self) -> None:
-        """SIGKILL the process and every child it started (like a pod's container dying)."""
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-
-    def wait(self, timeout: float) -> int:
-        """Wait for the process to exit and return its code."""
-        assert self.process is not None
-        return self.process.wait(timeout)
-
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
         """Stop the process and its children, politely then firmly."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(15)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        if self.process.poll() is None:
-            self.process.wait(10)
+        super().stop(sig, timeout)
 
     def metrics(self) -> str:
         """The worker's ``/metrics`` page."""
@@ -214,22 +181,19 @@ def poll(check: Callable[[], T | None], timeout: float, describe: Callable[[], s
 
 
 def metric_value(page: str, name: str, **labels: str) -> float:
-    """Sum the samples of ``name`` on a Prometheus text page that carry ``labels``."""
-    total = 0.0
-    found = False
-    for line in page.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        series, _, value = line.rpartition(" ")
-        metric, _, label_text = series.partition("{")
-        if metric != name:
-            continue
-        if all(f'{key}="{val}"' in label_text for key, val in labels.items()):
-            total += float(value)
-            found = True
+    """Sum the samples called ``name`` on a Prometheus text page whose labels include ``labels``.
+
+    :raises KeyError: when no such sample is on the page.
+    """
+    found = [
+        sample.value
+        for family in text_string_to_metric_families(page)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    ]
     if not found:
         raise KeyError(f"{name}{labels} not on the page")
-    return total
+    return float(sum(found))
 
 
 def dispatch(base: str, task: str, *args: Any, wait: float | None = None) -> httpx.Response:

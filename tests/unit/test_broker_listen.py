@@ -17,6 +17,7 @@ from taskiq import AckableMessage
 
 from app.broker import KiqBroker
 from app.config import Settings, load_settings
+from app.jetstream.transport import JetStreamTransport
 from app.tasks import example as _example_tasks  # noqa: F401 - registers the tasks
 from app.tasks.broker import broker as shared_broker
 
@@ -96,10 +97,17 @@ def settings() -> Settings:
     )
 
 
+def transport(broker: KiqBroker) -> JetStreamTransport:
+    jetstream = broker.transport
+    assert isinstance(jetstream, JetStreamTransport)
+    return jetstream
+
+
 async def started(broker: KiqBroker, client: ScriptedClient) -> KiqBroker:
-    broker.client = client  # type: ignore[misc]
-    broker._reset_loop_state()
-    await broker._start_consuming()
+    jetstream = transport(broker)
+    jetstream.connection.client = client  # type: ignore[assignment]
+    jetstream.listener.reset()
+    await jetstream.listener.start()
     return broker
 
 
@@ -107,10 +115,8 @@ async def started(broker: KiqBroker, client: ScriptedClient) -> KiqBroker:
 async def broker(settings: Settings) -> AsyncIterator[KiqBroker]:
     shared_broker.configure(settings)
     yield shared_broker
-    if shared_broker._keepalive is not None:
-        shared_broker._keepalive.cancel()
-        shared_broker._keepalive = None
-    shared_broker._running.clear()
+    transport(shared_broker).inflight.stop()
+    transport(shared_broker).inflight.clear()
 
 
 async def next_delivery(listener: Any) -> AckableMessage:
@@ -139,7 +145,7 @@ async def test_deliveries_not_yet_handed_out_are_kept_alive(broker: KiqBroker) -
     await started(broker, client)
     listener = broker.listen()
     await next_delivery(listener)  # the receiver takes one; two stay in the worker's hands
-    handed_out, *waiting = broker._running
+    handed_out, *waiting = transport(broker).inflight.held
     assert len(waiting) == 2
     await asyncio.sleep(1.2)  # more than a keep-alive interval (ack wait 1.5 s / 3)
     for reply in waiting:
@@ -148,7 +154,9 @@ async def test_deliveries_not_yet_handed_out_are_kept_alive(broker: KiqBroker) -
     # Given back (nak) when the receiver stops, not left to run out their ack wait.
     for reply in waiting:
         assert (reply, b"-NAK") in client.published
-    assert list(broker._running) == [handed_out]  # the running one stays until its ack
+    assert list(transport(broker).inflight.held) == [
+        handed_out
+    ]  # the running one stays until its ack
 
 
 async def test_pull_requests_never_ask_for_more_than_the_free_capacity(
@@ -171,7 +179,7 @@ async def test_pull_requests_never_ask_for_more_than_the_free_capacity(
 async def test_missing_consumer_is_not_hammered(broker: KiqBroker, monkeypatch) -> None:
     """503 (no consumer): back off between pulls and start recreating the consumer."""
     repairs = []
-    monkeypatch.setattr(broker, "_start_repair", lambda: repairs.append(1))
+    monkeypatch.setattr(transport(broker).watch, "start_repair", lambda: repairs.append(1))
     no_responders = [lambda c, _: [c.status("503", "")] for _ in range(50)]
     client = ScriptedClient(no_responders)
     await started(broker, client)
@@ -180,11 +188,11 @@ async def test_missing_consumer_is_not_hammered(broker: KiqBroker, monkeypatch) 
     await asyncio.sleep(1.0)
     assert 1 <= len(client.pulls) <= 4  # 0.5 s, then 1 s between attempts: no busy loop
     assert repairs
-    assert broker._jetstream_problem is not None
+    assert transport(broker).watch.problem is not None
     pending.cancel()
     with pytest.raises(asyncio.CancelledError):
         await pending
-    broker._jetstream_problem = None
+    transport(broker).watch.problem = None
 
 
 async def test_ack_failure_costs_a_log_line_not_the_worker(broker: KiqBroker, caplog) -> None:
@@ -199,5 +207,5 @@ async def test_ack_failure_costs_a_log_line_not_the_worker(broker: KiqBroker, ca
     client.publish = broken  # type: ignore[method-assign]
     await delivery.ack()  # does not raise
     assert "could not acknowledge message" in caplog.text
-    assert not broker._running
+    assert not transport(broker).inflight.held
     await listener.aclose()

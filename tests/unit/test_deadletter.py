@@ -6,12 +6,6 @@ import json
 
 import pytest
 
-from app.broker import (
-    DEAD_LETTER_DELIVERIES_HEADER,
-    DEAD_LETTER_DETAIL_HEADER,
-    DEAD_LETTER_REASON_HEADER,
-    TASK_NAME_HEADER,
-)
 from app.deadletter import (
     DeadLetter,
     Outcome,
@@ -20,6 +14,12 @@ from app.deadletter import (
     decode,
     parse_body,
     replay_problem,
+)
+from app.wire import (
+    DEAD_LETTER_DELIVERIES_HEADER,
+    DEAD_LETTER_DETAIL_HEADER,
+    DEAD_LETTER_REASON_HEADER,
+    TASK_NAME_HEADER,
 )
 
 TASK = {"task_id": "t1", "task_name": "app.tasks.example:add", "args": [1, 2], "kwargs": {}}

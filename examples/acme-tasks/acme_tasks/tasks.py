@@ -60,7 +60,7 @@ async def invoice_total(
 
 @register_task(task_name="acme.word_count")
 def word_count(text: str, top: int = 3) -> list[tuple[str, int]]:
-    """The most frequent words of a text (a sync task: taskiq runs it in a thread).
+    """Count the most frequent words of a text (a sync task: taskiq runs it in a thread).
 
     :param text: any text.
     :param top: how many words to return.

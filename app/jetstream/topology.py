@@ -1,0 +1,282 @@
+"""The streams and consumers kiqstack needs, made sure of at startup and repaired when lost.
+
+:class:`Topology` is the one place that says what exists on the NATS server: the work-queue task
+stream, the dead-letter stream, and the durable pull consumers workers share (one today; the
+list is there for more). :class:`TopologyWatch` notices when they disappear (NATS restarted
+without its data) and recreates them in the background while ``/readyz`` reports the problem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import NotFoundError
+
+from app.config import Settings
+from app.errors import StreamConfigError
+from app.jetstream.connection import Connection
+from app.retry import Backoff, describe_error
+from app.wire import DUPLICATE_WINDOW_SECONDS
+
+logger = logging.getLogger("kiqstack.broker")
+
+
+def _value(setting: object) -> object:
+    return getattr(setting, "value", setting)
+
+
+class Topology:
+    """Configurations of the streams and consumers, from the settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        """Describe the topology these settings ask for (nothing is sent to NATS).
+
+        :param settings: kiqstack settings (stream, subject and consumer names).
+        """
+        self.settings = settings
+
+    @property
+    def stream(self) -> str:
+        """Name of the task stream."""
+        return self.settings.nats_stream
+
+    def task_stream_config(self) -> StreamConfig:
+        """Describe the work-queue task stream."""
+        s = self.settings
+        return StreamConfig(
+            name=s.nats_stream,
+            subjects=[s.nats_subject],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=s.nats_stream_replicas,
+            duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        )
+
+    def dead_letter_stream_config(self) -> StreamConfig:
+        """Describe the dead-letter stream (never consumed; ``DEAD_LETTER_MAX_AGE_SECONDS``)."""
+        s = self.settings
+        return StreamConfig(
+            name=s.nats_dead_letter_stream,
+            subjects=[s.nats_dead_letter_subject],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=s.nats_stream_replicas,
+            max_age=float(s.dead_letter_max_age_seconds),
+        )
+
+    def worker_consumer_config(self) -> ConsumerConfig:
+        """Describe the durable pull consumer of the task stream every worker shares."""
+        s = self.settings
+        return ConsumerConfig(
+            durable_name=s.nats_consumer,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=s.ack_wait_seconds,
+            max_deliver=s.consumer_max_deliver,
+            max_ack_pending=-1,
+            max_waiting=512,
+        )
+
+    def consumer_configs(self) -> list[ConsumerConfig]:
+        """Every durable consumer of the task stream, the one workers of the default queue first."""
+        return [self.worker_consumer_config()]
+
+    def consumer_names(self) -> list[str]:
+        """Names of :meth:`consumer_configs`."""
+        return [str(config.durable_name) for config in self.consumer_configs()]
+
+    async def ensure(self, js: JetStreamContext, *, repairing: bool = False) -> None:
+        """Create the streams and the consumers if missing (and apply the consumer settings).
+
+        :param js: a connected JetStream context.
+        :param repairing: log a created stream as the loss it means (NATS lost its data).
+        :raises StreamConfigError: when an existing stream cannot serve kiqstack.
+        """
+        await ensure_stream(js, self.task_stream_config(), work_queue=True, repairing=repairing)
+        await ensure_stream(
+            js, self.dead_letter_stream_config(), work_queue=False, repairing=repairing
+        )
+        for config in self.consumer_configs():
+            await js.add_consumer(stream=self.stream, config=config)
+
+
+def stream_problems(have: StreamConfig, wanted: StreamConfig) -> list[str]:
+    """Tell what keeps an existing stream from serving as ``wanted`` (retention, subjects).
+
+    :param have: the existing stream's configuration.
+    :param wanted: the configuration kiqstack needs.
+    :return: one sentence per problem (empty when compatible).
+    """
+    problems = []
+    if have.retention != wanted.retention:
+        problems.append(
+            f"retention is {_value(have.retention)}, kiqstack needs {_value(wanted.retention)}"
+        )
+    if set(have.subjects or []) != set(wanted.subjects or []):
+        problems.append(f"subjects are {have.subjects}, kiqstack needs {wanted.subjects}")
+    return problems
+
+
+async def ensure_stream(
+    js: JetStreamContext, wanted: StreamConfig, *, work_queue: bool, repairing: bool = False
+) -> None:
+    """Create a stream, or check that the existing one is compatible.
+
+    :param js: a connected JetStream context.
+    :param wanted: the configuration kiqstack needs.
+    :param work_queue: the task stream (whose replicas and storage are worth a warning).
+    :param repairing: log a created stream as the loss it means.
+    :raises StreamConfigError: when an existing stream cannot serve kiqstack.
+    """
+    assert wanted.name is not None  # noqa: S101
+    try:
+        info = await js.stream_info(wanted.name)
+    except NotFoundError:
+        await js.add_stream(config=wanted)
+        if repairing:
+            logger.warning(
+                "JetStream stream %s was missing (NATS restarted without its data?); "
+                "recreated it: messages it held are lost",
+                wanted.name,
+            )
+        else:
+            logger.info("created JetStream stream %s", wanted.name)
+        return
+    have = info.config
+    problems = stream_problems(have, wanted)
+    if problems:
+        raise StreamConfigError(
+            f"JetStream stream {wanted.name!r} exists with an incompatible configuration: "
+            + "; ".join(problems)
+            + ". Retention and subjects cannot be changed in place: drain it and delete it "
+            "(nats stream rm), or choose another name (NATS_STREAM / NATS_DEAD_LETTER_STREAM)."
+        )
+    if (
+        work_queue
+        and not repairing
+        and (have.num_replicas != wanted.num_replicas or have.storage != wanted.storage)
+    ):
+        logger.warning(
+            "stream %s has replicas=%s storage=%s, settings ask for replicas=%s storage=%s; "
+            "keeping the existing stream",
+            wanted.name,
+            have.num_replicas,
+            have.storage,
+            wanted.num_replicas,
+            wanted.storage,
+        )
+
+
+class TopologyWatch:
+    """Keeps the topology in place: reports what is missing, recreates it in the background."""
+
+    def __init__(self, topology: Topology, connection: Connection) -> None:
+        """Watch ``topology`` on ``connection``.
+
+        :param topology: what must exist.
+        :param connection: the NATS connection to check and repair it on.
+        """
+        self.topology = topology
+        self.connection = connection
+        #: What is wrong (None: all is well, as far as this process knows).
+        self.problem: str | None = None
+        #: Called once a repair succeeded (the listener asks for tasks again at once).
+        self.on_repaired: list[Callable[[], None]] = []
+        self._repair: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    def reset(self) -> None:
+        """Forget the problem and the event-loop objects (a new startup)."""
+        self.problem = None
+        self._repair = None
+        self._lock = asyncio.Lock()
+
+    def cancel(self) -> None:
+        """Stop a repair in progress."""
+        if self._repair is not None:
+            self._repair.cancel()
+        self._repair = None
+
+    async def ensure(self, *, repairing: bool = False) -> None:
+        """Create what is missing (:meth:`Topology.ensure`), then clear the problem.
+
+        :param repairing: log a created stream as the loss it means.
+        :raises StreamConfigError: when an existing stream cannot serve kiqstack.
+        """
+        async with self._lock:
+            await self.topology.ensure(self.connection.js, repairing=repairing)
+            self.problem = None
+
+    def lost(self, problem: str) -> None:
+        """Record that a stream or consumer is gone, and start recreating it."""
+        if self.problem is None:
+            logger.warning("JetStream: %s; recreating the streams and the consumer", problem)
+        self.problem = problem
+        self.start_repair()
+
+    def start_repair(self) -> None:
+        """Start recreating what is missing, unless that already runs (or the process stops)."""
+        if self.connection.stopping or (self._repair is not None and not self._repair.done()):
+            return
+        self._repair = asyncio.get_running_loop().create_task(self._repair_loop())
+
+    async def _repair_loop(self) -> None:
+        """Recreate what is missing; retry (one line per failure) until it works."""
+        backoff = Backoff()
+        connection = self.connection
+        while not connection.stopping:
+            if connection.is_connected:
+                try:
+                    await self.ensure(repairing=True)
+                except Exception as exc:
+                    if self.problem is None:
+                        self.problem = f"cannot check the streams: {type(exc).__name__}"
+                    delay = backoff.next()
+                    logger.log(
+                        connection.quiet(),
+                        "could not recreate the JetStream streams and consumer (%s); "
+                        "next attempt in %.1fs",
+                        describe_error(exc),
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                for callback in self.on_repaired:
+                    callback()
+                return
+            await asyncio.sleep(backoff.next())
+
+    async def check(self) -> str | None:
+        """Check that NATS is connected and the stream and consumers exist (for ``/readyz``).
+
+        A missing stream or consumer is recreated in the background; until then this reports it.
+
+        :return: None when all is well, else what is wrong.
+        """
+        if not self.connection.is_connected:
+            return "disconnected"
+        if self.problem is not None:
+            self.start_repair()
+            return self.problem
+        try:
+            for consumer in self.topology.consumer_names():
+                await asyncio.wait_for(
+                    self.connection.js.consumer_info(self.topology.stream, consumer), 2
+                )
+        except NotFoundError as exc:
+            self.lost(f"stream or consumer missing ({exc.description})")
+            return self.problem
+        except Exception as exc:
+            return f"jetstream unavailable: {type(exc).__name__}"
+        return None

@@ -1,0 +1,226 @@
+"""The unit layer's stand-ins: a transport in memory and a result backend on fakeredis.
+
+:class:`MemoryTransport` implements :class:`app.transport.Transport` with lists and a queue: what
+is published becomes a delivery (a real ``nats.aio.msg.Msg`` whose acks, naks and in-progress
+signals are recorded), dead letters are kept in a list. Everything above the transport is the real
+code: :class:`app.broker.KiqBroker`, :mod:`app.delivery`, :class:`app.results.KiqResultBackend`
+(over ``fakeredis``), the API. The real-server layers (tests/api, tests/integration, tests/soak)
+stay: they check what a stand-in cannot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+from collections.abc import AsyncGenerator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import fakeredis
+from nats.aio.msg import Msg
+
+from app.broker import KiqBroker
+from app.config import Settings
+from app.jetstream.inflight import InFlight
+from app.results import KiqResultBackend
+from app.tasks.broker import broker as shared_broker
+from app.tasks.broker import build_broker
+from app.wire import MSG_ID_HEADER
+
+ACK, NAK, PROGRESS = b"", b"-NAK", b"+WPI"
+
+
+@dataclass
+class Published:
+    """One message a transport was asked to publish."""
+
+    subject: str
+    payload: bytes
+    headers: dict[str, str]
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The payload as JSON."""
+        loaded: dict[str, Any] = json.loads(self.payload)
+        return loaded
+
+
+class RecordingClient:
+    """What a ``Msg`` acks through: records every publication on a reply subject."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+        self.fail: BaseException | None = None
+
+    async def publish(self, subject: str, payload: bytes = b"", **_: Any) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.sent.append((subject, payload))
+
+    def answers(self, msg: Msg) -> list[bytes]:
+        """What was sent for this delivery, in order (``b""`` is an ack)."""
+        return [payload for subject, payload in self.sent if subject == msg.reply]
+
+
+@dataclass
+class MemoryTransport:
+    """A :class:`app.transport.Transport` in memory (see the module docstring).
+
+    :attr:`published` holds what was stored: like the task stream, a second message with a
+    ``Nats-Msg-Id`` already stored is dropped (counted in :attr:`duplicates`).
+    """
+
+    settings: Settings
+    connected: bool = True
+    #: What :meth:`problem` reports while connected.
+    trouble: str | None = None
+    #: Raised by :meth:`publish` / :meth:`publish_dead_letter` while set.
+    fail_publish: BaseException | None = None
+    fail_dead_letter: BaseException | None = None
+    published: list[Published] = field(default_factory=list)
+    dead_letters: list[Published] = field(default_factory=list)
+    client: RecordingClient = field(default_factory=RecordingClient)
+    stopping: bool = False
+    started: int = 0
+    #: ``Nats-Msg-Id`` values stored (duplicates are dropped, as by the task stream) and drops.
+    msg_ids: set[str] = field(default_factory=set)
+    duplicates: int = 0
+
+    def __post_init__(self) -> None:
+        self.inflight = InFlight(self.settings.ack_wait_seconds)
+        self._queue: asyncio.Queue[Msg] | None = None
+        self._listening = False
+        self._sequence = 0
+
+    # -- the Transport protocol ---------------------------------------------------------------
+    @property
+    def is_connected(self) -> bool:
+        return self.connected
+
+    @property
+    def is_listening(self) -> bool:
+        return self._listening
+
+    async def start(self, *, role: str, worker: bool, stop: asyncio.Event) -> bool:
+        self.started += 1
+        self.stopping = False
+        if worker:
+            self.inflight.start(lambda: self.connected)
+        return True
+
+    async def stop(self) -> None:
+        self.stopping = True
+        self.inflight.stop()
+
+    def message_limit(self) -> int:
+        return self.settings.max_payload_bytes
+
+    async def publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
+        if self.fail_publish is not None:
+            raise self.fail_publish
+        msg_id = headers.get(MSG_ID_HEADER)
+        if msg_id is not None:
+            if msg_id in self.msg_ids:  # JetStream's duplicate window drops it
+                self.duplicates += 1
+                return
+            self.msg_ids.add(msg_id)
+        self.published.append(Published(subject, payload, dict(headers)))
+        self.deliver(payload, headers)
+
+    async def publish_dead_letter(self, payload: bytes, headers: dict[str, str]) -> None:
+        if self.fail_dead_letter is not None:
+            raise self.fail_dead_letter
+        self.dead_letters.append(
+            Published(self.settings.nats_dead_letter_subject, payload, dict(headers))
+        )
+
+    async def problem(self) -> str | None:
+        return self.trouble if self.connected else "disconnected"
+
+    async def queue_depth(self) -> tuple[int, int]:
+        return self.queue.qsize(), len(self.inflight)
+
+    async def deliveries(self) -> AsyncGenerator[Msg, None]:
+        self._listening = True
+        try:
+            while True:
+                msg = await self.queue.get()
+                self.inflight.hold(msg)
+                yield msg
+        finally:
+            self._listening = False
+            while not self.queue.empty():
+                msg = self.queue.get_nowait()
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+
+    # -- for tests ----------------------------------------------------------------------------
+    @property
+    def queue(self) -> asyncio.Queue[Msg]:
+        """Deliveries waiting for a receiver (made in the running event loop)."""
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+        return self._queue
+
+    def delivery(
+        self,
+        payload: bytes,
+        headers: dict[str, str] | None = None,
+        *,
+        delivered: int = 1,
+        timestamp_ns: int = 1_700_000_000_000_000_000,
+    ) -> Msg:
+        """A JetStream delivery of ``payload`` (not queued), acked through :attr:`client`."""
+        self._sequence += 1
+        s, seq = self.settings, self._sequence
+        where = f"{s.nats_stream}.{s.nats_consumer}"
+        reply = f"$JS.ACK.{where}.{delivered}.{seq}.{seq}.{timestamp_ns}.0"
+        return Msg(
+            _client=self.client,  # type: ignore[arg-type]
+            subject=s.nats_subject,
+            reply=reply,
+            data=payload,
+            headers=dict(headers) if headers else None,
+        )
+
+    def deliver(self, payload: bytes, headers: dict[str, str] | None = None, **kw: Any) -> Msg:
+        """Queue a delivery of ``payload`` for the receiver; return it."""
+        msg = self.delivery(payload, headers, **kw)
+        self.queue.put_nowait(msg)
+        return msg
+
+
+def memory_backend(settings: Settings, server: Any = None) -> KiqResultBackend[Any]:
+    """The real result backend over a fakeredis server (a fresh one by default)."""
+    redis = fakeredis.FakeAsyncRedis(server=server or fakeredis.FakeServer())
+    return KiqResultBackend(settings, redis=redis)
+
+
+def memory_broker(
+    settings: Settings, *, tasks: Iterable[str] | None = None, server: Any = None
+) -> tuple[KiqBroker, MemoryTransport]:
+    """A broker built by :func:`build_broker`, over a :class:`MemoryTransport` and fakeredis.
+
+    :param tasks: names of tasks of the shared broker (after importing ``TASK_MODULES``) to
+        register on it too (default: all of them).
+    :return: the broker and its transport.
+    """
+    for module in settings.task_modules:
+        importlib.import_module(module)
+    transports: list[MemoryTransport] = []
+
+    def make(settings: Settings) -> MemoryTransport:
+        transports.append(MemoryTransport(settings))
+        return transports[-1]
+
+    broker = build_broker(settings, transport=make, result_backend=memory_backend(settings, server))
+    shared = shared_broker.get_all_tasks()
+    for name in shared if tasks is None else tasks:
+        task = shared[name]
+        if broker.find_task(name) is None:
+            broker.register_task(task.original_func, task_name=name, **task.labels)
+    transport = broker.transport
+    assert isinstance(transport, MemoryTransport)
+    return broker, transport

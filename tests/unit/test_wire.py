@@ -1,0 +1,82 @@
+"""Wire rules (app.wire) and the topology kiqstack asks for (app.jetstream.topology)."""
+
+from __future__ import annotations
+
+from nats.js.api import RetentionPolicy, StreamConfig
+
+from app.config import Settings
+from app.jetstream.topology import Topology, stream_problems
+from app.wire import (
+    DEAD_LETTER_DETAIL_HEADER,
+    DEAD_LETTER_HEADERS,
+    DEAD_LETTER_REASON_HEADER,
+    MSG_ID_HEADER,
+    TASK_ID_PATTERN,
+    TASK_NAME_HEADER,
+    dead_letter_headers,
+    message_size,
+    pull_subject,
+    replay_headers,
+)
+
+
+def test_dead_letter_headers_keep_the_original_ones_without_the_message_id() -> None:
+    original = {TASK_NAME_HEADER: "t", MSG_ID_HEADER: "id-1", DEAD_LETTER_REASON_HEADER: "old"}
+    headers = dead_letter_headers(
+        original, reason="max-deliver", detail="  two\n lines ", deliveries=6, sequence=9, at=1.5
+    )
+    assert headers[TASK_NAME_HEADER] == "t"
+    assert MSG_ID_HEADER not in headers
+    assert headers[DEAD_LETTER_REASON_HEADER] == "max-deliver"  # the old record replaced
+    assert headers[DEAD_LETTER_DETAIL_HEADER] == "two lines"
+    assert headers["Kiq-Deliveries"] == "6"
+    assert headers["Kiq-Stream-Sequence"] == "9"
+    assert headers["Kiq-Dead-Lettered-At"] == "1.500"
+    long = dead_letter_headers(None, reason="r", detail="x" * 2000, deliveries=1, sequence=1, at=0)
+    assert len(long[DEAD_LETTER_DETAIL_HEADER]) == 512
+    assert DEAD_LETTER_DETAIL_HEADER not in dead_letter_headers(
+        None, reason="r", detail="", deliveries=1, sequence=1, at=0
+    )
+
+
+def test_replay_headers_drop_the_dead_letter_record() -> None:
+    stored = dead_letter_headers(
+        {TASK_NAME_HEADER: "t"}, reason="r", detail="d", deliveries=1, sequence=2, at=0
+    )
+    headers = replay_headers(stored, task_id="abc", sequence=7)
+    assert not set(headers) & DEAD_LETTER_HEADERS
+    assert headers == {TASK_NAME_HEADER: "t", MSG_ID_HEADER: "abc:replay:7"}
+
+
+def test_sizes_subjects_and_ids() -> None:
+    assert message_size(b"12345", {"a": "bc"}) == 5 + 1 + 2 + 4 + 64
+    assert pull_subject("s", "c") == "$JS.API.CONSUMER.MSG.NEXT.s.c"
+    assert TASK_ID_PATTERN.fullmatch("abc-1_2.3:4")
+    assert not TASK_ID_PATTERN.fullmatch("a b")
+    assert not TASK_ID_PATTERN.fullmatch("x" * 129)
+
+
+def test_topology_of_the_settings(settings: Settings) -> None:
+    topology = Topology(settings)
+    tasks = topology.task_stream_config()
+    assert tasks.retention == RetentionPolicy.WORK_QUEUE
+    assert tasks.subjects == [settings.nats_subject]
+    assert tasks.duplicate_window == 120
+    dead = topology.dead_letter_stream_config()
+    assert dead.retention == RetentionPolicy.LIMITS
+    assert dead.max_age == settings.dead_letter_max_age_seconds
+    [consumer] = topology.consumer_configs()
+    assert consumer.durable_name == settings.nats_consumer
+    assert consumer.max_deliver == settings.max_deliver + 1
+    assert consumer.ack_wait == settings.ack_wait_seconds
+    assert topology.consumer_names() == [settings.nats_consumer]
+
+
+def test_stream_problems() -> None:
+    wanted = StreamConfig(name="s", subjects=["a"], retention=RetentionPolicy.WORK_QUEUE)
+    assert stream_problems(wanted, wanted) == []
+    have = StreamConfig(name="s", subjects=["a", "b"], retention=RetentionPolicy.LIMITS)
+    assert stream_problems(have, wanted) == [
+        "retention is limits, kiqstack needs workqueue",
+        "subjects are ['a', 'b'], kiqstack needs ['a']",
+    ]
