@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
 import logging
 import time
@@ -189,9 +191,11 @@ def create_app(
             await probes.start()
         try:
             if not kiq_broker.is_worker_process:
-                await kiq_broker.startup()
-                lifecycle.broker_started = True
-            logger.info("kiqstack API %s ready on port %d", __version__, settings.port)
+                lifecycle.broker_started = await _start_unless_stopped(kiq_broker, lifecycle)
+            if lifecycle.stop_requested.is_set():
+                logger.info("stopped by a signal before the API was ready")
+            else:
+                logger.info("kiqstack API %s ready on port %d", __version__, settings.port)
             yield
         finally:
             lifecycle.draining = True
@@ -222,6 +226,28 @@ def create_app(
     for router in routers:
         app.include_router(router)
     return app
+
+
+async def _start_unless_stopped(kiq_broker: KiqBroker, lifecycle: Lifecycle) -> bool:
+    """Connect the broker, unless a stop signal comes first (then give the wait up).
+
+    :return: whether the broker started.
+    """
+    startup = asyncio.ensure_future(kiq_broker.startup())
+    stop = asyncio.ensure_future(lifecycle.stop_requested.wait())
+    try:
+        await asyncio.wait({startup, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+    if startup.done():
+        startup.result()  # raises what the startup raised (NATS unreachable within its bound)
+        return True
+    startup.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await startup
+    with contextlib.suppress(Exception):
+        await kiq_broker.shutdown()  # whatever the cancelled startup had opened
+    return False
 
 
 def app_factory() -> FastAPI:

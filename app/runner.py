@@ -48,7 +48,18 @@ class DrainingServer(uvicorn.Server):
         self.delay = delay
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        """Start draining on the first signal; exit on the second or when the delay is over."""
+        """Start draining on the first signal; exit on the second or when the delay is over.
+
+        Before startup is over (NATS not answering yet) there is nothing to drain: stop at once.
+        """
+        if not self.started:
+            self.should_exit = True
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            loop.call_soon_threadsafe(self.lifecycle.stop_requested.set)
+            return
         if self.lifecycle.draining or self.delay <= 0:
             self.should_exit = True
             if self.lifecycle.draining and sig == signal.SIGINT:

@@ -7,8 +7,9 @@ hop to a worker thread, which costs more CPU than a task dispatch).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -25,6 +26,8 @@ class Lifecycle:
 
     draining: bool = False
     broker_started: bool = False
+    #: Set by a stop signal that comes before startup is over: the NATS connect wait gives up.
+    stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass(frozen=True)

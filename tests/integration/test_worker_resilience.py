@@ -81,6 +81,27 @@ def test_worker_without_nats_waits_quietly_and_stops_on_sigterm(stack: Stack) ->
     assert max(waits) <= 5.0
 
 
+def test_server_without_nats_stops_on_sigterm_before_its_connect_bound(stack: Stack) -> None:
+    """The API waits for NATS up to NATS_CONNECT_TIMEOUT_SECONDS; a SIGTERM meanwhile stops it.
+
+    Before, uvicorn sat in its startup until the bound ran out (30 s by default) whatever the
+    signals said, then printed a traceback.
+    """
+    stack.base_env["NATS_URL"] = f"nats://127.0.0.1:{free_port()}"
+    server = stack.role("server", start=False, NATS_CONNECT_TIMEOUT_SECONDS="300")
+    server.start(wait_ready=False)
+    poll(
+        lambda: True if server.logs().count("cannot reach NATS") >= 2 else None,
+        60,
+        server.logs,
+    )
+    server.signal(signal.SIGTERM)
+    assert server.wait(60) == 0  # far below the 300 s bound: the signal ended the wait
+    logs = server.logs()
+    assert_clean_log(logs)
+    assert "stopped by a signal before the API was ready" in logs
+
+
 def _restart_empty(server: Server) -> None:
     """Stop NATS, throw its JetStream store away (a lost volume), start it again."""
     server.stop()
