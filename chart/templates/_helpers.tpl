@@ -226,6 +226,9 @@ volumes:
   - name: tmp
     emptyDir:
       sizeLimit: {{ $ctx.Values.tmpSizeLimit }}
+  {{- with .values.extraVolumes }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
 {{- end }}
 
 {{/*
@@ -273,6 +276,9 @@ readinessProbe:
 volumeMounts:
   - name: tmp
     mountPath: /tmp
+  {{- with .values.extraVolumeMounts }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
 {{- end }}
 
 {{/*

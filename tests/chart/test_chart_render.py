@@ -350,3 +350,35 @@ def test_notes(defaults: Rendered) -> None:
     assert "login in Secret demo-nats-auth" in defaults.notes
     assert "password in Secret demo-valkey-users" in defaults.notes
     assert "NetworkPolicies on" in defaults.notes
+
+
+def test_extra_volumes_mount_a_secret_for_the_file_settings(chart: Path) -> None:
+    """``*_FILE`` settings need a file in the pod: each component takes extra volumes and mounts."""
+    volume = {"name": "kiq-secrets", "secret": {"secretName": "my-kiq-secrets"}}
+    mount = {"name": "kiq-secrets", "mountPath": "/var/run/kiq", "readOnly": True}
+    token_file = {"name": "API_TOKEN_FILE", "value": "/var/run/kiq/token"}
+    component = {"extraVolumes": [volume], "extraVolumeMounts": [mount], "extraEnv": [token_file]}
+    values = {
+        "server": component,
+        "worker": component,
+        "scheduler": component,
+        "workers": {"cpu": {"queues": ["cpu"]}},
+    }
+    rendered = render(chart, values)
+    names = [
+        "demo-kiqstack-server",
+        "demo-kiqstack-worker",
+        "demo-kiqstack-worker-cpu",
+        "demo-kiqstack-scheduler",
+    ]
+    for name in names:
+        deployment = rendered.get("Deployment", name)
+        volumes = deployment["spec"]["template"]["spec"]["volumes"]
+        assert volume in volumes and {v["name"] for v in volumes} == {"tmp", "kiq-secrets"}, name
+        assert mount in container(deployment)["volumeMounts"], name
+        assert env_map(deployment)["API_TOKEN_FILE"]["value"] == "/var/run/kiq/token", name
+    assert validate_objects(rendered) > 0
+    defaults = render(chart)
+    for name in ("demo-kiqstack-server", "demo-kiqstack-worker"):
+        spec = defaults.get("Deployment", name)["spec"]["template"]["spec"]
+        assert [v["name"] for v in spec["volumes"]] == ["tmp"]
