@@ -374,7 +374,8 @@ def test_extra_volumes_mount_a_secret_for_the_file_settings(chart: Path) -> None
     for name in names:
         deployment = rendered.get("Deployment", name)
         volumes = deployment["spec"]["template"]["spec"]["volumes"]
-        assert volume in volumes and {v["name"] for v in volumes} == {"tmp", "kiq-secrets"}, name
+        assert volume in volumes, name
+        assert {v["name"] for v in volumes} == {"tmp", "kiq-secrets"}, name
         assert mount in container(deployment)["volumeMounts"], name
         assert env_map(deployment)["API_TOKEN_FILE"]["value"] == "/var/run/kiq/token", name
     assert validate_objects(rendered) > 0
