@@ -118,6 +118,8 @@ def test_contract_settings_table_is_the_app_settings() -> None:
 
 # The URLs and the token come from Secrets (test_chart_secrets), by secretKeyRef env entries.
 FROM_SECRETS = {"NATS_URL", "REDIS_URL", "API_TOKEN"}
+# Not mapped by a config.* value: set per worker pool (workers.<name>.queues), never shared.
+PER_POOL = {"WORKER_QUEUES"}
 
 
 def test_configmap_maps_every_contract_setting(chart: Path) -> None:
@@ -133,6 +135,8 @@ def test_configmap_maps_every_contract_setting(chart: Path) -> None:
         if name == "RUN_MODE":
             assert name not in data
             assert all(env[name]["value"] in ("server", "worker") for env in envs)
+        elif name in PER_POOL:
+            assert name not in data, f"{name} is set per worker pool, not in the ConfigMap"
         elif name in FROM_SECRETS:
             assert name not in data, f"{name} must not be in the ConfigMap"
             assert all(name in env for env in envs), f"{name} is not in the Deployments' env"
