@@ -109,9 +109,7 @@ def test_a_cpu_task_waits_for_a_cpu_worker(stack: Stack, settings: Settings) -> 
 
 def test_a_full_cpu_queue_does_not_delay_default_tasks(stack: Stack, settings: Settings) -> None:
     server = stack.role("server", TASK_MODULES=MODULES)
-    stack.role(
-        "worker", TASK_MODULES=MODULES, WORKER_QUEUES="default,cpu", WORKER_CONCURRENCY="2"
-    )
+    stack.role("worker", TASK_MODULES=MODULES, WORKER_QUEUES="default,cpu", WORKER_CONCURRENCY="2")
     blocked = [queued(server, GATED) for _ in range(6)]
     # Both cpu slots taken, four cpu tasks waiting.
     poll(
@@ -190,10 +188,14 @@ def test_tasks_queued_before_the_upgrade_all_run(stack: Stack, settings: Setting
     for i, task_id in enumerate(ids):
         # No dispatch record (the old API's would be in Redis): 404 until the result is stored.
         found = poll(
-            lambda t=task_id: (r := httpx.get(f"{server.probe_url}/tasks/{t}", timeout=5))
-            and r.status_code == 200
-            and r.json()
-            or None,
+            lambda t=task_id: (
+                (
+                    (r := httpx.get(f"{server.probe_url}/tasks/{t}", timeout=5))
+                    and r.status_code == 200
+                    and r.json()
+                )
+                or None
+            ),
             60,
             lambda t=task_id: f"task {t} never ran",
         )

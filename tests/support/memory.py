@@ -2,11 +2,12 @@
 
 :class:`MemoryTransport` implements :class:`app.transport.Transport` with lists and a queue: what
 is published on the subject of a queue the settings serve (``WORKER_QUEUES``) becomes a delivery
-(the rest stays in :attr:`MemoryTransport.unserved`, as in its own consumer) (a real ``nats.aio.msg.Msg`` whose acks, naks and in-progress
-signals are recorded), dead letters are kept in a list. Everything above the transport is the real
-code: :class:`app.broker.KiqBroker`, :mod:`app.delivery`, :class:`app.results.KiqResultBackend`
-(over ``fakeredis``), the API. The real-server layers (tests/api, tests/integration, tests/soak)
-stay: they check what a stand-in cannot.
+(a real ``nats.aio.msg.Msg`` whose acks, naks and in-progress signals are recorded; the rest stays
+in :attr:`MemoryTransport.unserved`, as in its own consumer), dead letters are kept in a list.
+Everything above the transport is the real code: :class:`app.broker.KiqBroker`,
+:mod:`app.delivery`, :class:`app.results.KiqResultBackend` (over ``fakeredis``), the API. The
+real-server layers (tests/api, tests/integration, tests/soak) stay: they check what a stand-in
+cannot.
 """
 
 from __future__ import annotations

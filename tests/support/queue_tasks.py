@@ -1,4 +1,4 @@
-"""Tasks on the ``cpu`` queue, for the worker-queue tests (``TASK_MODULES=...,tests.support.queue_tasks``)."""
+"""Tasks on the ``cpu`` queue, for the worker-queue tests (``tests.support.queue_tasks``)."""
 
 from __future__ import annotations
 
