@@ -354,8 +354,8 @@ class DeadLetterStream:
             ack = await self.js.publish(subject, payload=msg.data or b"", headers=headers)
         except (NoStreamResponseError, NoRespondersError):
             raise DeadLetterError(
-                problem=f"no JetStream stream takes subject {subject!r} (queue {letter.queue}, "
-                f"NATS_SUBJECT) on NATS at "
+                problem=f"no JetStream stream takes subject {subject!r} (NATS_SUBJECT) of queue "
+                f"{letter.queue} on NATS at "
                 f"{self._where()}: the task stream is missing; start a kiqstack server or worker "
                 "once to create it, then replay again"
             ) from None

@@ -248,6 +248,9 @@ async def on_worker_startup(state: TaskiqState) -> None:
     probes = ProbeServer(broker, settings.host, settings.metrics_port)
     await probes.start()
     state.kiqstack_probes = probes
+    for queue in settings.worker_queues:  # one series per served queue from the start
+        metrics.QUEUE_PENDING.labels(queue)
+        metrics.QUEUE_ACK_PENDING.labels(queue)
     state.kiqstack_poller = asyncio.create_task(_poll_queue_depth(broker))
     logger.info(
         "worker starting: stream=%s queues=%s concurrency=%d per queue ack_wait=%ss max_deliver=%d",

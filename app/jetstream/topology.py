@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -145,13 +145,25 @@ class Topology:
         :param repairing: log a created stream as the loss it means (NATS lost its data).
         :raises StreamConfigError: when an existing stream cannot serve kiqstack.
         """
-        await ensure_stream(js, self.task_stream_config(), work_queue=True, repairing=repairing)
+        default = self.worker_consumer_config()
+
+        async def filter_default() -> object:
+            # An older release's consumer takes every subject of the stream: it must be filtered
+            # on the default queue's subject before the stream takes the other queues' subjects
+            # (else it could be handed their tasks) and before another consumer may exist.
+            return await js.add_consumer(stream=self.stream, config=default)
+
+        await ensure_stream(
+            js,
+            self.task_stream_config(),
+            work_queue=True,
+            repairing=repairing,
+            before_extending=filter_default,
+        )
         await ensure_stream(
             js, self.dead_letter_stream_config(), work_queue=False, repairing=repairing
         )
-        # ``default`` first: an upgraded stream's consumer without a filter must get its filter
-        # before another consumer may exist on the work-queue stream.
-        for config in self.consumer_configs():
+        for config in self.consumer_configs():  # ``default`` first
             await js.add_consumer(stream=self.stream, config=config)
 
     async def ensure_queue(self, js: JetStreamContext, queue: str) -> None:
@@ -184,14 +196,20 @@ def stream_problems(have: StreamConfig, wanted: StreamConfig) -> list[str]:
 
 
 async def ensure_stream(
-    js: JetStreamContext, wanted: StreamConfig, *, work_queue: bool, repairing: bool = False
+    js: JetStreamContext,
+    wanted: StreamConfig,
+    *,
+    work_queue: bool,
+    repairing: bool = False,
+    before_extending: Callable[[], Awaitable[object]] | None = None,
 ) -> None:
-    """Create a stream, or check that the existing one is compatible.
+    """Create a stream, or check that the existing one is compatible (adding missing subjects).
 
     :param js: a connected JetStream context.
     :param wanted: the configuration kiqstack needs.
     :param work_queue: the task stream (whose replicas and storage are worth a warning).
     :param repairing: log a created stream as the loss it means.
+    :param before_extending: awaited before subjects are added to an existing stream.
     :raises StreamConfigError: when an existing stream cannot serve kiqstack.
     """
     assert wanted.name is not None  # noqa: S101
@@ -220,6 +238,8 @@ async def ensure_stream(
     missing = [subject for subject in wanted.subjects or [] if subject not in (have.subjects or [])]
     if missing:
         # An older release's stream: add the subjects in place, keeping every message it holds.
+        if before_extending is not None:
+            await before_extending()
         have.subjects = [*(have.subjects or []), *missing]
         await js.update_stream(config=have)
         logger.info(
