@@ -14,9 +14,10 @@
 * :mod:`app.delivery`: every delivery checked before it runs; ack only after the result is saved;
   a task this worker does not know, or whose result could not be saved, given back for a delayed
   redelivery; after ``MAX_DELIVER`` deliveries, the dead-letter stream;
-* this module: the message a dispatch publishes (a message over the size limit, or with an unsafe
-  task id, is refused before anything is sent; ``Nats-Msg-Id`` = task id, so a retried publish is
-  de-duplicated by JetStream), the broker's lifecycle, its health.
+* this module: the message a dispatch publishes, on the subject of its task's queue
+  (:mod:`app.queues`; a message over the size limit, or with an unsafe task id, is refused before
+  anything is sent; ``Nats-Msg-Id`` = task id, so a retried publish is de-duplicated by
+  JetStream), the broker's lifecycle, its health.
 
 The transport can be replaced (``KiqBroker(settings, transport=...)``): the unit tests run the
 same broker over one in memory.
@@ -29,17 +30,20 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from taskiq import AckableMessage, AsyncBroker, BrokerMessage
+from taskiq.decor import AsyncTaskiqDecoratedTask
 
 from app.config import Settings, get_settings
 from app.delivery import DeliveryPipeline
 from app.errors import InvalidTaskIdError, PayloadTooLargeError
 from app.jetstream.connection import StopSignals
 from app.jetstream.transport import JetStreamTransport
+from app.queues import DEFAULT_QUEUE, check_queue, queue_of, unique
 from app.results import KiqResultBackend
 from app.transport import Transport, TransportFactory
 from app.wire import (
     DUPLICATE_WINDOW_SECONDS,
     MSG_ID_HEADER,
+    QUEUE_HEADER,
     TASK_ID_PATTERN,
     TASK_NAME_HEADER,
     message_size,
@@ -123,6 +127,20 @@ class KiqBroker(AsyncBroker):
         """Seconds between "still working" signals for a running task (a third of ack_wait)."""
         return self.transport.inflight.interval
 
+    # -- tasks and their queues -------------------------------------------------------------
+    def _register_task(self, task_name: str, task: AsyncTaskiqDecoratedTask[Any, Any]) -> None:
+        """Register a task, refusing a bad queue name at once (at decoration time).
+
+        :raises InvalidQueueError: when the task's ``queue`` label is not a valid queue name.
+        """
+        check_queue(queue_of(task.labels))
+        super()._register_task(task_name, task)
+
+    def task_queues(self) -> list[str]:
+        """List the queues of the registered tasks, ``default`` first."""
+        names = (queue_of(task.labels) for task in self.get_all_tasks().values())
+        return unique([DEFAULT_QUEUE, *sorted(names)])
+
     # -- lifecycle --------------------------------------------------------------------------
     async def startup(self) -> None:
         """Connect, make sure the streams and the consumer are right, and bind the consumer.
@@ -148,6 +166,11 @@ class KiqBroker(AsyncBroker):
         started = await transport.start(
             role=settings.run_mode.value, worker=worker, stop=self._signals.requested
         )
+        if started:
+            # Every queue a registered task names gets its consumer now, served or not, so its
+            # backlog shows (and can scale a pool up from zero) before anyone serves it.
+            for queue in self.task_queues():
+                await transport.ensure_queue(queue)
         if started and not worker:
             # Then events, middlewares and the result backend.
             await AsyncBroker.startup(self)
@@ -166,30 +189,39 @@ class KiqBroker(AsyncBroker):
         return self.transport.message_limit()
 
     def subject_for(self, message: BrokerMessage) -> str:
-        """Choose the subject a task message is published on.
+        """Choose the subject a task message is published on: its queue's.
 
         :param message: the serialized task.
-        :return: ``NATS_SUBJECT``.
+        :return: ``NATS_SUBJECT`` (queue ``default``) or ``<NATS_SUBJECT>.<queue>``.
+        :raises InvalidQueueError: when the message's ``queue`` label is not a valid queue name.
         """
-        return self.settings.nats_subject
+        return self.settings.queue_subject(check_queue(queue_of(message.labels)))
 
     async def kick(self, message: BrokerMessage) -> None:
-        """Publish a task and wait for JetStream to persist it.
+        """Publish a task on its queue's subject and wait for JetStream to persist it.
+
+        The queue's consumer is made sure of first (once per process and queue); if that fails
+        the message is still stored (the stream takes every queue's subject) and waits for it.
 
         :param message: the serialized task.
         :raises PayloadTooLargeError: when the message is over the size limit (nothing is sent).
         :raises InvalidTaskIdError: when the task id could corrupt logs or keys (nothing is sent).
+        :raises InvalidQueueError: when its queue label is not a valid name (nothing is sent).
         """
         if not TASK_ID_PATTERN.fullmatch(message.task_id):
             raise InvalidTaskIdError(task_id=message.task_id[:64])
+        subject = self.subject_for(message)
+        queue = queue_of(message.labels)
         headers = {key: str(value) for key, value in message.labels.items()}
         headers[TASK_NAME_HEADER] = message.task_name
+        headers[QUEUE_HEADER] = queue
         headers[MSG_ID_HEADER] = message.task_id
         size = message_size(message.message, headers)
         limit = self.message_limit()
         if size > limit:
             raise PayloadTooLargeError(size=size, limit=limit)
-        await self.transport.publish(self.subject_for(message), message.message, headers)
+        await self.transport.ensure_queue(queue)
+        await self.transport.publish(subject, message.message, headers)
 
     # -- consumption ------------------------------------------------------------------------
     async def listen(self) -> AsyncGenerator[AckableMessage, None]:
@@ -224,9 +256,9 @@ class KiqBroker(AsyncBroker):
         """
         return await self.transport.problem()
 
-    async def queue_depth(self) -> tuple[int, int]:
-        """Read the shared consumer's backlog.
+    async def queue_depths(self) -> dict[str, tuple[int, int]]:
+        """Read the backlog of each queue this process serves (``WORKER_QUEUES``).
 
-        :return: (messages not yet delivered, messages delivered and not yet acked).
+        :return: per queue, (messages not yet delivered, messages delivered and not yet acked).
         """
-        return await self.transport.queue_depth()
+        return await self.transport.queue_depths()

@@ -29,8 +29,8 @@ examples:
   {prog} server               start the API on $PORT (8000),
                               metrics and probes on $METRICS_PORT (9000)
   {prog} dlq list             show dead-lettered messages, one JSON line each
-  {prog} dlq replay 3 4       send dead letters 3 and 4 back to the task stream
-  {prog} dlq replay --all     send every dead letter back to the task stream
+  {prog} dlq replay 3 4       send dead letters 3 and 4 back to their queues
+  {prog} dlq replay --all     send every dead letter back to its queue
 
 exit status: 0 done, 1 failed (the message says why), 2 bad configuration or
 usage, 130 interrupted.
@@ -38,12 +38,13 @@ usage, 130 interrupted.
 
 _LIST_EPILOG = """\
 One JSON object per line, printed as each message is read: sequence, task_id,
-task_name, reason, deliveries, dead_lettered_at, original_sequence, args, kwargs,
+task_name, queue, reason, deliveries, dead_lettered_at, original_sequence, args, kwargs,
 body_error (why the body could not be decoded; null for a task message), detail
 (what a delivery check found wrong, for the validation reasons).
 """
 
 _REPLAY_EPILOG = """\
+Each task goes back to its own queue's subject (the queue dlq list shows).
 Prints one line per dead letter as it goes (replayed, refused: not a task
 message, failed: NATS refused a step, not found), then a summary. A message is
 removed from the dead-letter stream only once the task stream stored its copy;
@@ -109,7 +110,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     replay = dlq_sub.add_parser(
         "replay",
         help="send dead letters back to the task stream and remove them",
-        description="Send dead letters back to the task stream (NATS_SUBJECT) and remove them.",
+        description="Send dead letters back to their queues in the task stream, and remove them.",
         epilog=_REPLAY_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

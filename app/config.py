@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.errors import ConfigError
+from app.queues import DEFAULT_QUEUE, check_queue, queue_subject
 from app.redact import redact, redact_url
 
 
@@ -144,6 +145,11 @@ class Settings(BaseSettings):
     )
     worker_concurrency: int = Field(
         default=16, ge=1, le=10_000, description="Tasks one worker process runs at once."
+    )
+    worker_queues: Annotated[list[str], NoDecode] = Field(
+        default=[DEFAULT_QUEUE],
+        description="Comma-separated queues this worker serves, each with its own pull requests "
+        "and WORKER_CONCURRENCY slots (a full queue never holds up another).",
     )
     worker_processes: int = Field(
         default=1, ge=1, le=64, description="Worker processes per container."
@@ -287,7 +293,7 @@ class Settings(BaseSettings):
             data = {**data, name: _read_secret_file(file_name.upper(), path)}
         return data
 
-    @field_validator("nats_url", "task_modules", mode="before")
+    @field_validator("nats_url", "task_modules", "worker_queues", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
@@ -326,6 +332,17 @@ class Settings(BaseSettings):
                 raise ValueError(f"{module!r} is not a Python module path")
         return value
 
+    @field_validator("worker_queues")
+    @classmethod
+    def _queues(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("name at least one queue (the default is 'default')")
+        for queue in value:
+            check_queue(queue)
+        if len(set(value)) != len(value):
+            raise ValueError(f"a queue is named twice in {','.join(value)!r}")
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:
@@ -361,6 +378,12 @@ class Settings(BaseSettings):
             raise ValueError("NATS_STREAM and NATS_DEAD_LETTER_STREAM must differ")
         if self.nats_subject == self.nats_dead_letter_subject:
             raise ValueError("NATS_SUBJECT and NATS_DEAD_LETTER_SUBJECT must differ")
+        prefix, _, last = self.nats_dead_letter_subject.rpartition(".")
+        if prefix == self.nats_subject:
+            raise ValueError(
+                "NATS_DEAD_LETTER_SUBJECT must not be one token below NATS_SUBJECT: "
+                f"{self.nats_dead_letter_subject!r} is the subject of queue {last!r}"
+            )
         return self
 
     @model_validator(mode="after")
@@ -388,6 +411,15 @@ class Settings(BaseSettings):
         takes ``METRICS_PORT + 1`` (two processes cannot share one port).
         """
         return self.metrics_port + 1 if self.run_mode is RunMode.BOTH else self.metrics_port
+
+    @property
+    def worker_slots(self) -> int:
+        """Tasks one worker process runs at once: ``WORKER_CONCURRENCY`` per queue it serves."""
+        return self.worker_concurrency * len(self.worker_queues)
+
+    def queue_subject(self, queue: str) -> str:
+        """Name the subject tasks of ``queue`` are published on (:mod:`app.queues`)."""
+        return queue_subject(self.nats_subject, queue)
 
     @property
     def api_token_value(self) -> str | None:

@@ -27,6 +27,7 @@ from nats.js.errors import NoStreamResponseError, NotFoundError, ServiceUnavaila
 
 from app.config import Settings
 from app.errors import AppError
+from app.queues import DEFAULT_QUEUE, QUEUE_NAME_PATTERN
 from app.redact import redact, redact_url
 from app.wire import (
     DEAD_LETTER_DELIVERIES_HEADER,
@@ -34,6 +35,7 @@ from app.wire import (
     DEAD_LETTER_REASON_HEADER,
     DEAD_LETTER_SEQUENCE_HEADER,
     DEAD_LETTER_TIME_HEADER,
+    QUEUE_HEADER,
     TASK_NAME_HEADER,
     replay_headers,
 )
@@ -60,6 +62,8 @@ class DeadLetter:
     sequence: int
     task_id: str | None
     task_name: str | None
+    #: The queue it was sent to; ``dlq replay`` sends it back there.
+    queue: str
     reason: str | None
     deliveries: int | None
     dead_lettered_at: float | None
@@ -123,6 +127,11 @@ def decode(sequence: int, headers: dict[str, str] | None, data: bytes) -> DeadLe
     def text(value: Any) -> str | None:
         return value if isinstance(value, str) else None
 
+    labels = body.get("labels")
+    queue = text(headers.get(QUEUE_HEADER))
+    if queue is None and isinstance(labels, dict):
+        queue = text(labels.get("queue"))
+
     def num(key: str, kind: type[int] | type[float]) -> Any:
         try:
             return kind(headers[key])
@@ -133,6 +142,8 @@ def decode(sequence: int, headers: dict[str, str] | None, data: bytes) -> DeadLe
         sequence=sequence,
         task_id=text(body.get("task_id")),
         task_name=text(headers.get(TASK_NAME_HEADER)) or text(body.get("task_name")),
+        # Sent before queues existed (no header, no label): the default queue.
+        queue=queue or DEFAULT_QUEUE,
         reason=text(headers.get(DEAD_LETTER_REASON_HEADER)),
         detail=text(headers.get(DEAD_LETTER_DETAIL_HEADER)),
         deliveries=num(DEAD_LETTER_DELIVERIES_HEADER, int),
@@ -154,6 +165,8 @@ def replay_problem(letter: DeadLetter) -> str | None:
         return letter.body_error
     if not letter.task_id or not letter.task_name:
         return "body has no task_id or task_name: not a task message"
+    if not QUEUE_NAME_PATTERN.fullmatch(letter.queue):
+        return f"queue {letter.queue[:64]!r} is not a valid queue name"
     return None
 
 
@@ -335,12 +348,14 @@ class DeadLetterStream:
             )
         what = f"task {letter.task_id} ({letter.task_name})"
         headers = replay_headers(msg.headers, task_id=str(letter.task_id), sequence=sequence)
-        subject = self.settings.nats_subject
+        headers[QUEUE_HEADER] = letter.queue
+        subject = self.settings.queue_subject(letter.queue)
         try:
             ack = await self.js.publish(subject, payload=msg.data or b"", headers=headers)
         except (NoStreamResponseError, NoRespondersError):
             raise DeadLetterError(
-                problem=f"no JetStream stream takes subject {subject!r} (NATS_SUBJECT) on NATS at "
+                problem=f"no JetStream stream takes subject {subject!r} (NATS_SUBJECT) of queue "
+                f"{letter.queue} on NATS at "
                 f"{self._where()}: the task stream is missing; start a kiqstack server or worker "
                 "once to create it, then replay again"
             ) from None
@@ -361,7 +376,9 @@ class DeadLetterStream:
                 "it again soon is harmless (the duplicate is dropped)",
             )
         return ReplayResult(
-            sequence, Outcome.REPLAYED, f"{what} -> stream {ack.stream} sequence {ack.seq}"
+            sequence,
+            Outcome.REPLAYED,
+            f"{what} -> queue {letter.queue}, stream {ack.stream} sequence {ack.seq}",
         )
 
 

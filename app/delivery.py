@@ -39,6 +39,7 @@ from app import metrics
 from app.admission import RejectedDelivery, check_delivery
 from app.config import Settings
 from app.jetstream.inflight import InFlight
+from app.queues import queue_of
 from app.results import result_save_failed
 from app.retry import describe_error
 from app.wire import DEAD_LETTER_DETAIL_HEADER, TASK_NAME_HEADER, dead_letter_headers
@@ -167,11 +168,12 @@ class DeliveryPipeline:
                 self.inflight.release(msg)
                 await self.give_back(msg, refusal.reason)
             return None
+        queue = queue_of(message.labels)
         if delivered > 1:
-            metrics.REDELIVERIES.labels(task_name).inc()
+            metrics.REDELIVERIES.labels(task_name, queue).inc()
         else:
             waited = time.time() - meta.timestamp.timestamp()
-            metrics.QUEUE_WAIT.labels(task_name).observe(max(waited, 0.0))
+            metrics.QUEUE_WAIT.labels(task_name, queue).observe(max(waited, 0.0))
         return AckableMessage(data=msg.data, ack=self._settler_of(msg))
 
     # -- settling -----------------------------------------------------------------------------

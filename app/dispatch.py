@@ -12,6 +12,7 @@ from taskiq.exceptions import SendTaskError
 from app import metrics
 from app.broker import KiqBroker
 from app.errors import DispatchError, DispatchUnconfirmedError, PayloadTooLargeError
+from app.queues import queue_of
 from app.redact import redact
 
 logger = logging.getLogger("kiqstack.api")
@@ -24,7 +25,7 @@ async def dispatch(
     kwargs: dict[str, Any],
     task_id: str | None = None,
 ) -> str:
-    """Record a task so its status reads ``queued``, then publish it.
+    """Record a task (with its queue) so its status reads ``queued``, then publish it.
 
     The record comes first: a task whose record cannot be saved is not queued at all
     (:class:`DispatchError`), so ``GET /tasks/{id}`` never answers 404 for a queued task.
@@ -45,10 +46,11 @@ async def dispatch(
     """
     task_id = task_id or broker.id_generator()
     name = task.task_name
+    queue = queue_of(task.labels)
     try:
         # First the record, then the message: a task is never queued without it, so
         # GET /tasks/{id} never answers 404 for a task that is queued.
-        await broker.results.record_dispatch(task_id, name)
+        await broker.results.record_dispatch(task_id, name, queue)
     except Exception as exc:
         reason = redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
         logger.warning(
@@ -57,7 +59,7 @@ async def dispatch(
             name,
             reason,
         )
-        metrics.DISPATCH_ERRORS.labels(name, "result_store").inc()
+        metrics.DISPATCH_ERRORS.labels(name, queue, "result_store").inc()
         raise DispatchError(
             reason=f"the result store (Redis) did not record it ({reason}); nothing was queued"
         ) from exc
@@ -67,13 +69,13 @@ async def dispatch(
         await asyncio.gather(broker.results.forget_dispatch(task_id), return_exceptions=True)
         cause = kick_error.__cause__ if isinstance(kick_error, SendTaskError) else kick_error
         if isinstance(cause, PayloadTooLargeError):
-            metrics.DISPATCH_ERRORS.labels(name, "too_large").inc()
+            metrics.DISPATCH_ERRORS.labels(name, queue, "too_large").inc()
             raise cause from None
         reason = redact(f"{type(cause).__name__}: {cause}".rstrip(": "))
         if isinstance(cause, TimeoutError):
-            metrics.DISPATCH_ERRORS.labels(name, "unconfirmed").inc()
+            metrics.DISPATCH_ERRORS.labels(name, queue, "unconfirmed").inc()
             raise DispatchUnconfirmedError(reason=reason) from kick_error
-        metrics.DISPATCH_ERRORS.labels(name, "broker").inc()
+        metrics.DISPATCH_ERRORS.labels(name, queue, "broker").inc()
         raise DispatchError(reason=reason) from kick_error
-    metrics.TASKS_DISPATCHED.labels(name).inc()
+    metrics.TASKS_DISPATCHED.labels(name, queue).inc()
     return task_id

@@ -155,3 +155,13 @@ class InvalidTaskIdError(AppError):
 
     status_code = 422
     template = "invalid task id {task_id!r}: use 1 to 128 letters, digits, '-', '_', '.' or ':'"
+
+
+class InvalidQueueError(AppError, ValueError):
+    """A queue name that cannot be a subject token and a consumer name."""
+
+    status_code = 422
+    template = (
+        "invalid queue name {queue!r}: use 1 to 32 lower-case letters, digits, '_' or '-', "
+        "starting with a letter or a digit"
+    )

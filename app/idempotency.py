@@ -41,6 +41,7 @@ from app.errors import (
     InvalidRequestError,
     PayloadTooLargeError,
 )
+from app.queues import queue_of
 
 logger = logging.getLogger("kiqstack.api")
 
@@ -185,7 +186,7 @@ async def dispatch_once(
         return Outcome(mine.task_id, replayed=False)
     if first.fingerprint != mine.fingerprint:
         raise IdempotencyKeyReusedError(key=key, first=f"task {first.task_name!r}")
-    metrics.IDEMPOTENT_REPLAYS.labels(name).inc()
+    metrics.IDEMPOTENT_REPLAYS.labels(name, queue_of(task.labels)).inc()
     if first.state == "pending":
         if time.time() - first.since < store.republish_window:
             # The first attempt failed, timed out or is still on its way: send the same message

@@ -1,5 +1,8 @@
 """Prometheus metrics of the API and the worker (all prefixed ``kiqstack_``).
 
+The series of a task carry its ``task_name`` and its ``queue`` (:mod:`app.queues`); the queue
+depth is one series per queue a worker serves.
+
 Metrics live in explicit registries. A worker container may run several worker processes
 (``WORKER_PROCESSES`` > 1); then ``python -m app worker`` points ``PROMETHEUS_MULTIPROC_DIR`` at a
 fresh directory before the processes start, prometheus-client writes every process's values there,
@@ -46,19 +49,19 @@ HTTP_DURATION = Histogram(
 TASKS_DISPATCHED = Counter(
     "kiqstack_tasks_dispatched",
     "Tasks queued by the API.",
-    ["task_name"],
+    ["task_name", "queue"],
     registry=API_REGISTRY,
 )
 DISPATCH_ERRORS = Counter(
     "kiqstack_task_dispatch_errors",
     "Dispatches refused or failed, by reason.",
-    ["task_name", "reason"],
+    ["task_name", "queue", "reason"],
     registry=API_REGISTRY,
 )
 IDEMPOTENT_REPLAYS = Counter(
     "kiqstack_idempotent_replays",
     "Dispatches answered with the task of an earlier request with the same Idempotency-Key.",
-    ["task_name"],
+    ["task_name", "queue"],
     registry=API_REGISTRY,
 )
 HTTP_CONNECTIONS_CLOSED = Counter(
@@ -73,25 +76,25 @@ HTTP_CONNECTIONS_CLOSED = Counter(
 TASKS_RECEIVED = Counter(
     "kiqstack_tasks_received",
     "Task messages a worker started to execute.",
-    ["task_name"],
+    ["task_name", "queue"],
     registry=WORKER_REGISTRY,
 )
 TASKS_SUCCEEDED = Counter(
     "kiqstack_tasks_succeeded",
     "Tasks that returned a value.",
-    ["task_name"],
+    ["task_name", "queue"],
     registry=WORKER_REGISTRY,
 )
 TASKS_FAILED = Counter(
     "kiqstack_tasks_failed",
     "Tasks that raised an exception (stored as an error result).",
-    ["task_name"],
+    ["task_name", "queue"],
     registry=WORKER_REGISTRY,
 )
 TASK_DURATION = Histogram(
     "kiqstack_task_duration_seconds",
     "Wall time of task execution.",
-    ["task_name"],
+    ["task_name", "queue"],
     buckets=_DURATION_BUCKETS,
     registry=WORKER_REGISTRY,
 )
@@ -104,26 +107,29 @@ TASKS_IN_FLIGHT = Gauge(
 QUEUE_WAIT = Histogram(
     "kiqstack_task_queue_wait_seconds",
     "Time from enqueue (JetStream timestamp) to the first start of a task.",
-    ["task_name"],
+    ["task_name", "queue"],
     buckets=_DURATION_BUCKETS,
     registry=WORKER_REGISTRY,
 )
 QUEUE_PENDING = Gauge(
     "kiqstack_queue_pending",
-    "Messages in the stream not yet delivered to any worker (JetStream consumer num_pending).",
+    "Messages of a queue not yet delivered to any worker (its JetStream consumer's "
+    "num_pending), as the workers serving the queue see it.",
+    ["queue"],
     registry=WORKER_REGISTRY,
     multiprocess_mode="mostrecent",
 )
 QUEUE_ACK_PENDING = Gauge(
     "kiqstack_queue_ack_pending",
-    "Messages delivered but not yet acknowledged (JetStream consumer num_ack_pending).",
+    "Messages of a queue delivered but not yet acknowledged (its consumer's num_ack_pending).",
+    ["queue"],
     registry=WORKER_REGISTRY,
     multiprocess_mode="mostrecent",
 )
 REDELIVERIES = Counter(
     "kiqstack_task_redeliveries",
     "Deliveries of a message after its first (crash, timeout, or a worker gave it back).",
-    ["task_name"],
+    ["task_name", "queue"],
     registry=WORKER_REGISTRY,
 )
 GIVEN_BACK = Counter(

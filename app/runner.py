@@ -137,7 +137,7 @@ def worker_arguments(settings: Settings) -> list[str]:
         "--workers",
         str(settings.worker_processes),
         "--max-async-tasks",
-        str(settings.worker_concurrency),
+        str(settings.worker_slots),  # WORKER_CONCURRENCY per queue served
         "--ack-type",
         "when_saved",
         "--wait-tasks-timeout",

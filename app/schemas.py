@@ -36,6 +36,9 @@ class TaskStatus(BaseModel):
 
     task_id: str
     task_name: str | None
+    queue: str | None = Field(
+        default=None, description="The task's queue (null when nothing recorded it)."
+    )
     status: Literal["queued", "success", "error"]
     result: Any = None
     error: TaskError | None = None

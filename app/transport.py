@@ -58,8 +58,11 @@ class Transport(Protocol):
     async def problem(self) -> str | None:
         """Tell what keeps this process from working (None: nothing), for ``/readyz``."""
 
-    async def queue_depth(self) -> tuple[int, int]:
-        """(messages not yet delivered, messages delivered and not yet acked)."""
+    async def ensure_queue(self, queue: str) -> None:
+        """Make sure the consumer of ``queue`` exists (once per process; failures only logged)."""
+
+    async def queue_depths(self) -> dict[str, tuple[int, int]]:
+        """Per queue served: (messages not yet delivered, messages delivered and not yet acked)."""
 
     def deliveries(self) -> AsyncGenerator[Msg, None]:
         """Yield the deliveries for this worker, one at a time, held from their arrival."""

@@ -14,6 +14,9 @@ from collections.abc import Mapping
 # -- headers of a task message ---------------------------------------------------------------------
 #: The task's name, copied from the body so that a message can be routed and listed unparsed.
 TASK_NAME_HEADER = "Kiq-Task-Name"
+#: The task's queue (:mod:`app.queues`): ``dlq list`` shows it, ``dlq replay`` sends the task back
+#: to it. A message without it (sent before queues existed) belongs to ``default``.
+QUEUE_HEADER = "Kiq-Queue"
 #: JetStream de-duplicates on it within the stream's duplicate window: kiqstack sets the task id.
 MSG_ID_HEADER = "Nats-Msg-Id"
 

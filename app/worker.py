@@ -21,6 +21,7 @@ from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult, TaskiqState
 from app import metrics
 from app.broker import KiqBroker
 from app.logs import configure_logging
+from app.queues import queue_of
 
 logger = logging.getLogger("kiqstack.worker")
 
@@ -45,16 +46,16 @@ class TaskMetricsMiddleware(TaskiqMiddleware):
         """Create the middleware."""
         super().__init__()
         self._started: dict[str, float] = {}
-        self._series: dict[str, _TaskSeries] = {}
+        self._series: dict[tuple[str, str], _TaskSeries] = {}
 
-    def _of(self, task_name: str) -> _TaskSeries:
-        series = self._series.get(task_name)
+    def _of(self, task_name: str, queue: str) -> _TaskSeries:
+        series = self._series.get((task_name, queue))
         if series is None:
-            series = self._series[task_name] = _TaskSeries(
-                received=metrics.TASKS_RECEIVED.labels(task_name),
-                succeeded=metrics.TASKS_SUCCEEDED.labels(task_name),
-                failed=metrics.TASKS_FAILED.labels(task_name),
-                duration=metrics.TASK_DURATION.labels(task_name),
+            series = self._series[task_name, queue] = _TaskSeries(
+                received=metrics.TASKS_RECEIVED.labels(task_name, queue),
+                succeeded=metrics.TASKS_SUCCEEDED.labels(task_name, queue),
+                failed=metrics.TASKS_FAILED.labels(task_name, queue),
+                duration=metrics.TASK_DURATION.labels(task_name, queue),
             )
         return series
 
@@ -65,13 +66,20 @@ class TaskMetricsMiddleware(TaskiqMiddleware):
         :return: the message, unchanged.
         """
         self._started[message.task_id] = time.perf_counter()
-        self._of(message.task_name).received.inc()
+        queue = queue_of(message.labels)
+        self._of(message.task_name, queue).received.inc()
         metrics.TASKS_IN_FLIGHT.inc()
         logger.info(
-            "task started id=%s name=%s",
+            "task started id=%s name=%s queue=%s",
             message.task_id,
             message.task_name,
-            extra={"task_id": message.task_id, "task_name": message.task_name, "event": "start"},
+            queue,
+            extra={
+                "task_id": message.task_id,
+                "task_name": message.task_name,
+                "queue": queue,
+                "event": "start",
+            },
         )
         return message
 
@@ -90,21 +98,24 @@ class TaskMetricsMiddleware(TaskiqMiddleware):
         else:
             duration = result.execution_time
         metrics.TASKS_IN_FLIGHT.dec()
-        series = self._of(message.task_name)
+        queue = queue_of(message.labels)
+        series = self._of(message.task_name, queue)
         series.duration.observe(duration)
         outcome = "error" if result.is_err else "success"
         (series.failed if result.is_err else series.succeeded).inc()
         error = f" error={type(result.error).__name__}: {result.error}" if result.is_err else ""
         logger.info(
-            "task finished id=%s name=%s duration=%.4fs outcome=%s%s",
+            "task finished id=%s name=%s queue=%s duration=%.4fs outcome=%s%s",
             message.task_id,
             message.task_name,
+            queue,
             duration,
             outcome,
             error,
             extra={
                 "task_id": message.task_id,
                 "task_name": message.task_name,
+                "queue": queue,
                 "duration": round(duration, 6),
                 "outcome": outcome,
                 "event": "finish",
@@ -216,9 +227,9 @@ class ProbeServer:
 async def _poll_queue_depth(broker: KiqBroker) -> None:
     while True:
         try:
-            pending, ack_pending = await broker.queue_depth()
-            metrics.QUEUE_PENDING.set(pending)
-            metrics.QUEUE_ACK_PENDING.set(ack_pending)
+            for queue, (pending, ack_pending) in (await broker.queue_depths()).items():
+                metrics.QUEUE_PENDING.labels(queue).set(pending)
+                metrics.QUEUE_ACK_PENDING.labels(queue).set(ack_pending)
         except Exception as exc:
             logger.debug("queue depth unavailable: %s", exc)
         await asyncio.sleep(QUEUE_DEPTH_INTERVAL_SECONDS)
@@ -237,11 +248,14 @@ async def on_worker_startup(state: TaskiqState) -> None:
     probes = ProbeServer(broker, settings.host, settings.metrics_port)
     await probes.start()
     state.kiqstack_probes = probes
+    for queue in settings.worker_queues:  # one series per served queue from the start
+        metrics.QUEUE_PENDING.labels(queue)
+        metrics.QUEUE_ACK_PENDING.labels(queue)
     state.kiqstack_poller = asyncio.create_task(_poll_queue_depth(broker))
     logger.info(
-        "worker starting: stream=%s consumer=%s concurrency=%d ack_wait=%ss max_deliver=%d",
+        "worker starting: stream=%s queues=%s concurrency=%d per queue ack_wait=%ss max_deliver=%d",
         settings.nats_stream,
-        settings.nats_consumer,
+        ",".join(settings.worker_queues),
         settings.worker_concurrency,
         settings.ack_wait_seconds,
         settings.max_deliver,

@@ -14,7 +14,6 @@ from e2e.support import (
     Target,
     metric_names,
     metric_sum,
-    metric_value,
     ready_pods,
     sampling,
     scrape_pod,
@@ -36,12 +35,12 @@ def _worker_texts(kube: Kube, target: Target) -> dict[str, str]:
     }
 
 
-def _queue_pending(kube: Kube, target: Target) -> float | None:
-    """kiqstack_queue_pending as the workers see it (every worker reports the shared consumer)."""
+def _queue_pending(kube: Kube, target: Target, queue: str = "default") -> float | None:
+    """kiqstack_queue_pending{queue} as the workers see it (each reports its queues' consumers)."""
     values = [
-        v
+        metric_sum(text, "kiqstack_queue_pending", queue=queue)
         for text in _worker_texts(kube, target).values()
-        if (v := metric_value(text, "kiqstack_queue_pending")) is not None
+        if f'kiqstack_queue_pending{{queue="{queue}"}}' in text
     ]
     return max(values) if values else None
 

@@ -340,6 +340,7 @@ def configure(args: argparse.Namespace) -> tuple[int, int]:
     # run: Ctrl-C stops without waiting long for running tasks.
     os.environ.setdefault("SHUTDOWN_DELAY_SECONDS", "0")
     os.environ.setdefault("WORKER_SHUTDOWN_TIMEOUT", "5")
+    os.environ.setdefault("WORKER_QUEUES", "default,cpu")  # cpu_burn is on the cpu queue
     set_urls(nats_port, redis_port)
     return nats_port, redis_port
 

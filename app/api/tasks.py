@@ -22,6 +22,7 @@ from app.errors import (
     UnsupportedMediaTypeError,
     describe_errors,
 )
+from app.queues import DEFAULT_QUEUE, queue_of
 from app.schemas import (
     DispatchRequest,
     DispatchResponse,
@@ -125,9 +126,21 @@ def _parse_dispatch(body: bytes, typed: bool) -> DispatchRequest:
     return request
 
 
-def _status(task_id: str, task_name: str | None, raw: dict[str, Any] | None) -> TaskStatus:
+def _queue(record: dict[str, Any] | None, raw: dict[str, Any] | None) -> str | None:
+    """Find the queue of a task: on its dispatch record, else in its result's labels."""
+    if record is not None:
+        # A record written before queues existed names none: such a task went to ``default``.
+        return str(record.get("queue") or DEFAULT_QUEUE)
+    if raw is not None and isinstance(raw.get("labels"), dict):
+        return queue_of(raw["labels"])
+    return None
+
+
+def _status(
+    task_id: str, task_name: str | None, raw: dict[str, Any] | None, queue: str | None
+) -> TaskStatus:
     if raw is None:
-        return TaskStatus(task_id=task_id, task_name=task_name, status="queued")
+        return TaskStatus(task_id=task_id, task_name=task_name, queue=queue, status="queued")
     error = None
     if raw.get("is_err"):
         exc = raw.get("error") or {}
@@ -138,6 +151,7 @@ def _status(task_id: str, task_name: str | None, raw: dict[str, Any] | None) -> 
     return TaskStatus(
         task_id=task_id,
         task_name=task_name,
+        queue=queue,
         status="error" if error else "success",
         result=None if error else raw.get("return_value"),
         error=error,
@@ -231,7 +245,10 @@ async def dispatch_task(task_name: str, request: Request, kiq: KiqDep) -> JSONRe
         raw = await _wait_for(kiq.broker, task_id, wait)
         if raw is not None:
             return JSONResponse(
-                _status(task_id, spec.name, raw).model_dump(mode="json"), headers=headers
+                _status(task_id, spec.name, raw, queue_of(spec.task.labels)).model_dump(
+                    mode="json"
+                ),
+                headers=headers,
             )
     status_url = f"/tasks/{task_id}"
     return JSONResponse(
@@ -260,10 +277,11 @@ def _wait_seconds(raw: str | None) -> float:
 )
 async def get_task(task_id: str, kiq: KiqDep) -> TaskStatus:
     """State and result of a dispatched task."""
-    raw, task_name = await kiq.broker.results.read_status(task_id)
-    if raw is None and task_name is None:
+    raw, record = await kiq.broker.results.read_status(task_id)
+    if raw is None and record is None:
         raise ResultNotFoundError(task_id=task_id)
-    return _status(task_id, task_name, raw)
+    task_name = record.get("task_name") if record is not None else None
+    return _status(task_id, task_name, raw, _queue(record, raw))
 
 
 @router.post("/process", response_model=ProcessResponse, responses={415: {"model": ErrorResponse}})

@@ -1,10 +1,16 @@
 """Taking tasks from the durable pull consumers: kiqstack's own pull requests, on its own inbox.
 
 Every pull request expires (``FETCH_TIMEOUT_SECONDS``), so one lost in a NATS restart is simply
-issued again, and SIGTERM is acted on within that time. A request asks for no more messages than
-the worker can start now. What arrives on the inbox is held (and kept alive, :mod:`.inflight`) at
-once, before the receiver asks for it: a delivery never sits unseen in a client buffer while its
-ack wait runs out. Deliveries not handed out when the receiver stops are given back at once.
+issued again, and SIGTERM is acted on within that time. What arrives on the inbox is held (and
+kept alive, :mod:`.inflight`) at once, before the receiver asks for it: a delivery never sits
+unseen in a client buffer while its ack wait runs out. Deliveries not handed out when the receiver
+stops are given back at once.
+
+A worker serving several queues (``WORKER_QUEUES``) pulls from each queue's consumer on its own,
+with ``WORKER_CONCURRENCY`` slots per queue: a request asks for no more messages than the queue
+has free slots, and a queue whose slots are all taken asks for nothing until one is released. So a
+full ``cpu`` queue never holds up a ``default`` task: the receiver runs up to
+``WORKER_CONCURRENCY`` tasks of each queue at once (:attr:`app.config.Settings.worker_slots`).
 """
 
 from __future__ import annotations
@@ -44,14 +50,16 @@ PULL_GRACE_SECONDS = 1.0
 class PullConsumer:
     """One durable pull consumer: its inbox, its open pull request and its error backoff."""
 
-    def __init__(self, stream: str, durable: str) -> None:
+    def __init__(self, stream: str, durable: str, queue: str) -> None:
         """Describe the consumer (nothing is subscribed until :meth:`Listener.start`).
 
         :param stream: the stream's name.
         :param durable: the consumer's name.
+        :param queue: the queue it serves.
         """
         self.stream = stream
         self.durable = durable
+        self.queue = queue
         self.subject = pull_subject(stream, durable)
         self.inbox = ""
         self.subscription: Any = None
@@ -88,8 +96,10 @@ class Listener:
         self.connection = connection
         self.watch = watch
         self.inflight = inflight
+        topology = watch.topology
         self.consumers = [
-            PullConsumer(watch.topology.stream, name) for name in watch.topology.consumer_names()
+            PullConsumer(topology.stream, topology.consumer_name(queue), queue)
+            for queue in topology.served_queues
         ]
         #: True while a receiver iterates :meth:`deliveries`.
         self.is_listening = False
@@ -112,11 +122,13 @@ class Listener:
             consumer.subscription = await client.subscribe(
                 consumer.inbox, cb=self._callback(consumer)
             )
+        self.inflight.on_release = lambda: self._wake.set()  # a slot is free: ask for more
         self.inflight.start(lambda: self.connection.is_connected)
 
     async def stop(self) -> None:
         """Stop the keep-alive and unsubscribe the inboxes."""
         self.inflight.stop()
+        self.inflight.on_release = None
         for consumer in self.consumers:
             if consumer.subscription is not None:
                 with contextlib.suppress(Exception):
@@ -153,7 +165,7 @@ class Listener:
                 await msg.nak()
             return
         consumer.backoff.reset()
-        self.inflight.hold(msg)
+        self.inflight.hold(msg, consumer.queue)
         self._queue.put_nowait(msg)
         self._wake.set()
 
@@ -179,12 +191,13 @@ class Listener:
                 "pull request ended with status %s %s", status, " ".join(description.split())
             )
 
-    async def _request(self, consumer: PullConsumer) -> None:
-        """Ask a consumer for as many messages as this worker can start now."""
+    def free_slots(self, consumer: PullConsumer) -> int:
+        """How many more tasks of this consumer's queue the worker can start now."""
+        return self.settings.worker_concurrency - self.inflight.count(consumer.queue)
+
+    async def _request(self, consumer: PullConsumer, free: int) -> None:
+        """Ask a consumer for as many messages as its queue has free slots (at most a batch)."""
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        asked = sum(c.left for c in self.consumers if c is not consumer and c.is_open(now))
-        free = self.settings.worker_concurrency - len(self.inflight) - asked
         batch = max(1, min(self.settings.worker_fetch_batch, free))
         request = {"batch": batch, "expires": int(FETCH_TIMEOUT_SECONDS * 1e9)}
         await self.connection.client.publish(
@@ -218,9 +231,14 @@ class Listener:
                         # Reconnecting (a pull request would only be buffered) or backing off.
                         waits.append(max(consumer.not_before - now, 0.0) or FETCH_TIMEOUT_SECONDS)
                         continue
+                    free = self.free_slots(consumer)
+                    if free <= 0:
+                        # Every slot of this queue is taken: a release wakes this loop up.
+                        waits.append(FETCH_TIMEOUT_SECONDS)
+                        continue
                     requested = True
                     try:
-                        await self._request(consumer)
+                        await self._request(consumer, free)
                     except Exception as exc:
                         if connection.is_closed:
                             raise  # for good: taskiq starts a fresh worker process

@@ -38,6 +38,10 @@ class InFlight:
         """
         self.interval = keepalive_interval(ack_wait_seconds)
         self.held: dict[str, tuple[Msg, float]] = {}
+        #: The queue each held delivery came from (by reply subject).
+        self.queues: dict[str, str] = {}
+        #: Called whenever a delivery stops being held (a slot of its queue is free again).
+        self.on_release: Callable[[], None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._connected: Callable[[], bool] = lambda: True
 
@@ -49,17 +53,30 @@ class InFlight:
         """Tell whether the delivery with this reply subject is held."""
         return reply in self.held
 
-    def hold(self, msg: Msg) -> None:
-        """Start holding a delivery (it is kept alive from now on)."""
+    def hold(self, msg: Msg, queue: str = "") -> None:
+        """Start holding a delivery (it is kept alive from now on).
+
+        :param msg: the delivery.
+        :param queue: the queue it came from (counted by :meth:`count`).
+        """
         self.held[msg.reply] = (msg, asyncio.get_running_loop().time())
+        self.queues[msg.reply] = queue
+
+    def count(self, queue: str) -> int:
+        """How many deliveries of this queue are held."""
+        return sum(1 for held in self.queues.values() if held == queue)
 
     def release(self, msg: Msg) -> None:
         """Stop holding a delivery (acknowledged, given back or dead-lettered)."""
-        self.held.pop(msg.reply, None)
+        if self.held.pop(msg.reply, None) is not None:
+            self.queues.pop(msg.reply, None)
+            if self.on_release is not None:
+                self.on_release()
 
     def clear(self) -> None:
         """Forget every delivery (they are redelivered after their ack wait)."""
         self.held.clear()
+        self.queues.clear()
 
     def start(self, connected: Callable[[], bool]) -> None:
         """Start the keep-alive loop.

@@ -1,16 +1,21 @@
 """The streams and consumers kiqstack needs, made sure of at startup and repaired when lost.
 
 :class:`Topology` is the one place that says what exists on the NATS server: the work-queue task
-stream, the dead-letter stream, and the durable pull consumers workers share (one today; the
-list is there for more). :class:`TopologyWatch` notices when they disappear (NATS restarted
-without its data) and recreates them in the background while ``/readyz`` reports the problem.
+stream (its subjects: :func:`task_stream_subjects`), the dead-letter stream, and one durable pull
+consumer per queue (:mod:`app.queues`), filtered on exactly its queue's subject, shared by the
+workers that serve it. :class:`TopologyWatch` notices when they disappear (NATS restarted without
+its data) and recreates them in the background while ``/readyz`` reports the problem.
+
+Upgrades from a release without queues: a task stream that takes fewer subjects than kiqstack
+needs (only ``NATS_SUBJECT``) is updated in place, keeping its messages, and the ``default``
+consumer (same name as before) gets its filter subject; the tasks it held are consumed as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -26,6 +31,7 @@ from nats.js.errors import NotFoundError
 from app.config import Settings
 from app.errors import StreamConfigError
 from app.jetstream.connection import Connection
+from app.queues import DEFAULT_QUEUE, queue_consumer, unique
 from app.retry import Backoff, describe_error
 from app.wire import DUPLICATE_WINDOW_SECONDS
 
@@ -36,15 +42,42 @@ def _value(setting: object) -> object:
     return getattr(setting, "value", setting)
 
 
+def task_stream_subjects(settings: Settings) -> list[str]:
+    """List the subjects of the task stream (the one place they are named).
+
+    :param settings: kiqstack settings (``NATS_SUBJECT``).
+    :return: ``NATS_SUBJECT`` (queue ``default``) and ``<NATS_SUBJECT>.*`` (every other queue).
+    """
+    return [settings.nats_subject, f"{settings.nats_subject}.*"]
+
+
 class Topology:
     """Configurations of the streams and consumers, from the settings."""
 
     def __init__(self, settings: Settings) -> None:
         """Describe the topology these settings ask for (nothing is sent to NATS).
 
-        :param settings: kiqstack settings (stream, subject and consumer names).
+        :param settings: kiqstack settings (stream, subject and consumer names, WORKER_QUEUES).
         """
         self.settings = settings
+        #: Queues whose consumers this process makes sure of: ``default``, the served ones, and
+        #: any added later (:meth:`add_queue`: the queues of the tasks it dispatches).
+        self.queues = unique([DEFAULT_QUEUE, *settings.worker_queues])
+
+    @property
+    def served_queues(self) -> list[str]:
+        """The queues a worker of these settings takes tasks from (``WORKER_QUEUES``)."""
+        return list(self.settings.worker_queues)
+
+    def add_queue(self, queue: str) -> bool:
+        """Make sure of this queue's consumer too from now on.
+
+        :return: True when the queue was not known yet.
+        """
+        if queue in self.queues:
+            return False
+        self.queues.append(queue)
+        return True
 
     @property
     def stream(self) -> str:
@@ -56,7 +89,7 @@ class Topology:
         s = self.settings
         return StreamConfig(
             name=s.nats_stream,
-            subjects=[s.nats_subject],
+            subjects=task_stream_subjects(s),
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
             num_replicas=s.nats_stream_replicas,
@@ -75,11 +108,20 @@ class Topology:
             max_age=float(s.dead_letter_max_age_seconds),
         )
 
-    def worker_consumer_config(self) -> ConsumerConfig:
-        """Describe the durable pull consumer of the task stream every worker shares."""
+    def consumer_name(self, queue: str) -> str:
+        """Name the durable consumer of a queue (``NATS_CONSUMER`` for ``default``)."""
+        return queue_consumer(self.settings.nats_consumer, queue)
+
+    def worker_consumer_config(self, queue: str = DEFAULT_QUEUE) -> ConsumerConfig:
+        """Describe the durable pull consumer of a queue, shared by every worker serving it.
+
+        :param queue: the queue.
+        :return: its configuration, filtered on exactly the queue's subject.
+        """
         s = self.settings
         return ConsumerConfig(
-            durable_name=s.nats_consumer,
+            durable_name=self.consumer_name(queue),
+            filter_subject=s.queue_subject(queue),
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=s.ack_wait_seconds,
@@ -89,12 +131,12 @@ class Topology:
         )
 
     def consumer_configs(self) -> list[ConsumerConfig]:
-        """Every durable consumer of the task stream, the one workers of the default queue first."""
-        return [self.worker_consumer_config()]
+        """Describe the consumers of :attr:`queues`, the ``default`` queue's first."""
+        return [self.worker_consumer_config(queue) for queue in self.queues]
 
     def consumer_names(self) -> list[str]:
-        """Names of :meth:`consumer_configs`."""
-        return [str(config.durable_name) for config in self.consumer_configs()]
+        """Names of the consumers this process relies on: ``default`` and the served queues'."""
+        return [self.consumer_name(q) for q in unique([DEFAULT_QUEUE, *self.served_queues])]
 
     async def ensure(self, js: JetStreamContext, *, repairing: bool = False) -> None:
         """Create the streams and the consumers if missing (and apply the consumer settings).
@@ -103,16 +145,41 @@ class Topology:
         :param repairing: log a created stream as the loss it means (NATS lost its data).
         :raises StreamConfigError: when an existing stream cannot serve kiqstack.
         """
-        await ensure_stream(js, self.task_stream_config(), work_queue=True, repairing=repairing)
+        default = self.worker_consumer_config()
+
+        async def filter_default() -> object:
+            # An older release's consumer takes every subject of the stream: it must be filtered
+            # on the default queue's subject before the stream takes the other queues' subjects
+            # (else it could be handed their tasks) and before another consumer may exist.
+            return await js.add_consumer(stream=self.stream, config=default)
+
+        await ensure_stream(
+            js,
+            self.task_stream_config(),
+            work_queue=True,
+            repairing=repairing,
+            before_extending=filter_default,
+        )
         await ensure_stream(
             js, self.dead_letter_stream_config(), work_queue=False, repairing=repairing
         )
-        for config in self.consumer_configs():
+        for config in self.consumer_configs():  # ``default`` first
             await js.add_consumer(stream=self.stream, config=config)
+
+    async def ensure_queue(self, js: JetStreamContext, queue: str) -> None:
+        """Create (or update) the consumer of one queue.
+
+        :param js: a connected JetStream context.
+        :param queue: the queue.
+        """
+        await js.add_consumer(stream=self.stream, config=self.worker_consumer_config(queue))
 
 
 def stream_problems(have: StreamConfig, wanted: StreamConfig) -> list[str]:
     """Tell what keeps an existing stream from serving as ``wanted`` (retention, subjects).
+
+    A stream that takes *fewer* subjects than wanted is no problem: :func:`ensure_stream` adds the
+    missing ones in place. One that takes a subject kiqstack does not want is.
 
     :param have: the existing stream's configuration.
     :param wanted: the configuration kiqstack needs.
@@ -123,20 +190,26 @@ def stream_problems(have: StreamConfig, wanted: StreamConfig) -> list[str]:
         problems.append(
             f"retention is {_value(have.retention)}, kiqstack needs {_value(wanted.retention)}"
         )
-    if set(have.subjects or []) != set(wanted.subjects or []):
+    if not set(have.subjects or []) <= set(wanted.subjects or []):
         problems.append(f"subjects are {have.subjects}, kiqstack needs {wanted.subjects}")
     return problems
 
 
 async def ensure_stream(
-    js: JetStreamContext, wanted: StreamConfig, *, work_queue: bool, repairing: bool = False
+    js: JetStreamContext,
+    wanted: StreamConfig,
+    *,
+    work_queue: bool,
+    repairing: bool = False,
+    before_extending: Callable[[], Awaitable[object]] | None = None,
 ) -> None:
-    """Create a stream, or check that the existing one is compatible.
+    """Create a stream, or check that the existing one is compatible (adding missing subjects).
 
     :param js: a connected JetStream context.
     :param wanted: the configuration kiqstack needs.
     :param work_queue: the task stream (whose replicas and storage are worth a warning).
     :param repairing: log a created stream as the loss it means.
+    :param before_extending: awaited before subjects are added to an existing stream.
     :raises StreamConfigError: when an existing stream cannot serve kiqstack.
     """
     assert wanted.name is not None  # noqa: S101
@@ -161,6 +234,18 @@ async def ensure_stream(
             + "; ".join(problems)
             + ". Retention and subjects cannot be changed in place: drain it and delete it "
             "(nats stream rm), or choose another name (NATS_STREAM / NATS_DEAD_LETTER_STREAM)."
+        )
+    missing = [subject for subject in wanted.subjects or [] if subject not in (have.subjects or [])]
+    if missing:
+        # An older release's stream: add the subjects in place, keeping every message it holds.
+        if before_extending is not None:
+            await before_extending()
+        have.subjects = [*(have.subjects or []), *missing]
+        await js.update_stream(config=have)
+        logger.info(
+            "JetStream stream %s now also takes %s (its messages are kept)",
+            wanted.name,
+            ", ".join(missing),
         )
     if (
         work_queue

@@ -21,6 +21,7 @@ from app.jetstream.connection import Connection
 from app.jetstream.consumer import Listener
 from app.jetstream.inflight import InFlight
 from app.jetstream.topology import Topology, TopologyWatch
+from app.retry import describe_error
 
 logger = logging.getLogger("kiqstack.broker")
 
@@ -88,13 +89,35 @@ class JetStreamTransport:
         if worker:
             await self.listener.start()
             logger.info(
-                "consuming stream %s as %s (ack wait %ss, keep-alive every %.1fs)",
+                "consuming stream %s, queues %s as %s (%d at once per queue, ack wait %ss, "
+                "keep-alive every %.1fs)",
                 settings.nats_stream,
-                ", ".join(self.topology.consumer_names()),
+                ", ".join(self.topology.served_queues),
+                ", ".join(c.durable for c in self.listener.consumers),
+                settings.worker_concurrency,
                 settings.ack_wait_seconds,
                 self.inflight.interval,
             )
         return True
+
+    async def ensure_queue(self, queue: str) -> None:
+        """Make sure the consumer of ``queue`` exists (the first time this process meets it).
+
+        A failure is only logged, and tried again on the next dispatch to that queue: the stream
+        stores the message anyway and the consumer, once made, delivers it.
+        """
+        if not self.topology.add_queue(queue):
+            return
+        try:
+            await self.topology.ensure_queue(self.connection.js, queue)
+        except Exception as exc:
+            self.topology.queues.remove(queue)
+            logger.warning(
+                "could not create the consumer of queue %s (%s); its tasks wait in the stream "
+                "until it exists",
+                queue,
+                describe_error(exc),
+            )
 
     async def stop(self) -> None:
         """Stop repairs and the keep-alive, unsubscribe, flush and close the connection."""
@@ -134,19 +157,22 @@ class JetStreamTransport:
         """Check that NATS is connected and the stream and consumers exist (for ``/readyz``)."""
         return await self.watch.check()
 
-    async def queue_depth(self) -> tuple[int, int]:
-        """Read the shared consumer's backlog.
+    async def queue_depths(self) -> dict[str, tuple[int, int]]:
+        """Read the backlog of each served queue's consumer.
 
-        :return: (messages not yet delivered, messages delivered and not yet acked).
+        :return: per queue, (messages not yet delivered, messages delivered and not yet acked).
         :raises ConnectionError: when NATS is not connected (nothing is sent).
         """
         if not self.connection.is_connected:
             # A request on a client that is not connected (yet) would leave a subscription behind.
             raise ConnectionError("not connected to NATS")
-        info = await self.connection.js.consumer_info(
-            self.settings.nats_stream, self.settings.nats_consumer
-        )
-        return int(info.num_pending or 0), int(info.num_ack_pending or 0)
+        depths = {}
+        for queue in self.topology.served_queues:
+            info = await self.connection.js.consumer_info(
+                self.settings.nats_stream, self.topology.consumer_name(queue)
+            )
+            depths[queue] = (int(info.num_pending or 0), int(info.num_ack_pending or 0))
+        return depths
 
     def deliveries(self) -> AsyncGenerator[Msg, None]:
         """Yield the deliveries for this worker (see :meth:`Listener.deliveries`)."""

@@ -30,7 +30,7 @@ from taskiq_redis import RedisAsyncResultBackend
 from taskiq_redis.exceptions import ResultIsMissingError
 
 from app.config import Settings
-from app.results.records import DispatchRecords
+from app.results.records import DispatchRecord, DispatchRecords
 from app.results.waiter import ResultWaiter
 from app.results.writer import BatchedWriter
 
@@ -194,23 +194,26 @@ class KiqResultBackend(RedisAsyncResultBackend[_ReturnType]):
         return bool(await self.redis.ping())
 
     # -- dispatch records (the API) -----------------------------------------------------------
-    async def record_dispatch(self, task_id: str, task_name: str) -> None:
+    async def record_dispatch(self, task_id: str, task_name: str, queue: str) -> None:
         """Remember a dispatched task so its status reads ``queued`` until the result lands.
 
         :param task_id: the task's id.
         :param task_name: the registered task name.
+        :param queue: the task's queue.
         """
         self._check_loop()
-        await self.records.record(task_id, task_name)
+        await self.records.record(task_id, task_name, queue)
 
     async def forget_dispatch(self, task_id: str) -> None:
         """Drop the dispatch record of a task that could not be queued."""
         await self.records.forget(task_id)
 
-    async def read_status(self, task_id: str) -> tuple[dict[str, Any] | None, str | None]:
+    async def read_status(
+        self, task_id: str
+    ) -> tuple[dict[str, Any] | None, DispatchRecord | None]:
         """Read a task's stored result and dispatch record in one round trip.
 
         :param task_id: the task's id.
-        :return: the result as a dict (or None) and the task name on record (or None).
+        :return: the result as a dict (or None) and the dispatch record (or None).
         """
         return await self.records.read_status(task_id)

@@ -16,6 +16,7 @@ from taskiq.decor import AsyncTaskiqDecoratedTask
 
 from app.broker import KiqBroker
 from app.config import Settings
+from app.queues import DEFAULT_QUEUE, QUEUE_LABEL, check_queue
 from app.results import KiqResultBackend
 from app.tasks.builtin import register_builtin_tasks
 from app.transport import TransportFactory
@@ -55,7 +56,7 @@ broker = build_broker()
 
 
 def register_task(
-    task_name: str | None = None, **labels: Any
+    task_name: str | None = None, *, queue: str = DEFAULT_QUEUE, **labels: Any
 ) -> Callable[[Callable[_P, _ReturnT]], AsyncTaskiqDecoratedTask[_P, _ReturnT]]:
     """Register a function as a task of the shared broker.
 
@@ -63,10 +64,18 @@ def register_task(
     ``task_name=`` to pin a name that survives moving the function. Labels (for example
     ``timeout=30``) travel with every message.
 
+    A task goes to its queue (:mod:`app.queues`): only workers whose ``WORKER_QUEUES`` name it run
+    it; until one does, it waits in that queue's own consumer.
+
     :param task_name: explicit task name.
+    :param queue: the queue: 1 to 32 of ``a-z0-9_-``, starting with a letter or a digit.
     :param labels: taskiq labels.
     :return: a decorator returning the task (call ``.kiq(...)`` on it).
+    :raises InvalidQueueError: at once, when ``queue`` is not a valid queue name.
     """
+    check_queue(queue)
+    if queue != DEFAULT_QUEUE:
+        labels[QUEUE_LABEL] = queue
     decorator: Callable[[Callable[_P, _ReturnT]], AsyncTaskiqDecoratedTask[_P, _ReturnT]]
     decorator = broker.task(task_name=task_name, **labels)
     return decorator

@@ -3,8 +3,9 @@
 Their names are pinned (``task_name=``) to what they have always been, so moving this module never
 orphans a queued message. The costly ones are bounded: ``sleep_task`` holds a worker slot for at
 most :data:`MAX_SLEEP_SECONDS`, ``cpu_burn`` burns at most :data:`MAX_BURN_SECONDS` of CPU a call.
-The chart leaves this module out unless you opt in; ``kiqstack.ping`` and ``kiqstack.echo``
-(:mod:`app.tasks.builtin`) are always there.
+``cpu_burn`` goes to the ``cpu`` queue: a worker runs it only when its ``WORKER_QUEUES`` include
+``cpu`` (``make run`` serves ``default,cpu``). The chart leaves this module out unless you opt in;
+``kiqstack.ping`` and ``kiqstack.echo`` (:mod:`app.tasks.builtin`) are always there.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def _burn(seconds: float) -> int:
     return rounds
 
 
-@register_task(task_name="app.tasks.example:cpu_burn")
+@register_task(task_name="app.tasks.example:cpu_burn", queue="cpu")
 def cpu_burn(seconds: Annotated[float, Field(ge=0, le=MAX_BURN_SECONDS)] = 1.0) -> int:
     """Keep one CPU busy for ``seconds``, at most 10 (drives the worker HPA in demos).
 

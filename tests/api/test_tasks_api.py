@@ -45,6 +45,7 @@ async def test_dispatch_then_poll_status(client: httpx.AsyncClient, worker) -> N
     assert done == {
         "task_id": body["task_id"],
         "task_name": ADD,
+        "queue": "default",
         "status": "success",
         "result": 5,
         "error": None,

@@ -97,7 +97,7 @@ def acme(
     made = Containers(docker, request.getfixturevalue(name), module_services)
     try:
         server = made.start("server", env=ENV)
-        worker = made.start("worker", env=ENV)
+        worker = made.start("worker", env={**ENV, "WORKER_QUEUES": "default,cpu"})
         server.wait_ready(server.api)
         worker.wait_ready(worker.metrics)
         yield server, worker
@@ -141,6 +141,7 @@ def test_tasks_run_and_return_results(acme, wait_status):
     status = wait_status(server.api, queued.json()["task_id"])
     assert status["status"] == "success", status
     assert status["task_name"] == "acme.word_count"
+    assert status["queue"] == "cpu"
     assert status["result"] == [["the", 3], ["and", 2]]
 
 

@@ -109,8 +109,9 @@ async def test_startup_creates_work_queue_stream_and_consumer(settings: Settings
     finally:
         await conn.close()
     assert stream.config.retention == RetentionPolicy.WORK_QUEUE
-    assert stream.config.subjects == [settings.nats_subject]
+    assert stream.config.subjects == [settings.nats_subject, f"{settings.nats_subject}.*"]
     assert consumer.config.durable_name == settings.nats_consumer
+    assert consumer.config.filter_subject == settings.nats_subject
     assert consumer.config.ack_wait == settings.ack_wait_seconds
     assert consumer.config.max_deliver == settings.max_deliver + 1
     assert dead.config.retention == RetentionPolicy.LIMITS

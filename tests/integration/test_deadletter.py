@@ -252,7 +252,9 @@ def test_replay_all_goes_on_past_bad_messages_and_says_what_it_did(
     assert result.returncode == 1
     assert_no_traceback(result)
     out = result.stdout.splitlines()
-    assert out[0].startswith(f"replayed {seqs[0]}: task {good[0]} ({ADD}) -> stream ")
+    assert out[0].startswith(
+        f"replayed {seqs[0]}: task {good[0]} ({ADD}) -> queue default, stream "
+    )
     assert out[1].startswith(f"refused {seqs[1]}: body of 100000 bytes is not a task message")
     assert out[1].endswith("left in the dead-letter stream")
     assert out[2].startswith(f"refused {seqs[2]}: body has no task_id or task_name")

@@ -1,11 +1,13 @@
 """The unit layer's stand-ins: a transport in memory and a result backend on fakeredis.
 
 :class:`MemoryTransport` implements :class:`app.transport.Transport` with lists and a queue: what
-is published becomes a delivery (a real ``nats.aio.msg.Msg`` whose acks, naks and in-progress
-signals are recorded), dead letters are kept in a list. Everything above the transport is the real
-code: :class:`app.broker.KiqBroker`, :mod:`app.delivery`, :class:`app.results.KiqResultBackend`
-(over ``fakeredis``), the API. The real-server layers (tests/api, tests/integration, tests/soak)
-stay: they check what a stand-in cannot.
+is published on the subject of a queue the settings serve (``WORKER_QUEUES``) becomes a delivery
+(a real ``nats.aio.msg.Msg`` whose acks, naks and in-progress signals are recorded; the rest stays
+in :attr:`MemoryTransport.unserved`, as in its own consumer), dead letters are kept in a list.
+Everything above the transport is the real code: :class:`app.broker.KiqBroker`,
+:mod:`app.delivery`, :class:`app.results.KiqResultBackend` (over ``fakeredis``), the API. The
+real-server layers (tests/api, tests/integration, tests/soak) stay: they check what a stand-in
+cannot.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import contextlib
 import importlib
 import json
+from collections import Counter
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +27,7 @@ from nats.aio.msg import Msg
 from app.broker import KiqBroker
 from app.config import Settings
 from app.jetstream.inflight import InFlight
+from app.queues import DEFAULT_QUEUE, queue_consumer
 from app.results import KiqResultBackend
 from app.tasks.broker import broker as shared_broker
 from app.tasks.broker import build_broker
@@ -87,12 +91,17 @@ class MemoryTransport:
     #: ``Nats-Msg-Id`` values stored (duplicates are dropped, as by the task stream) and drops.
     msg_ids: set[str] = field(default_factory=set)
     duplicates: int = 0
+    #: Queues whose consumer was made sure of (:meth:`ensure_queue`).
+    ensured: list[str] = field(default_factory=list)
+    #: What was published on a queue no worker of these settings serves, by queue.
+    unserved: dict[str, list[Published]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.inflight = InFlight(self.settings.ack_wait_seconds)
         self._queue: asyncio.Queue[Msg] | None = None
         self._listening = False
         self._sequence = 0
+        self._waiting: Counter[str] = Counter()
 
     # -- the Transport protocol ---------------------------------------------------------------
     @property
@@ -127,7 +136,11 @@ class MemoryTransport:
                 return
             self.msg_ids.add(msg_id)
         self.published.append(Published(subject, payload, dict(headers)))
-        self.deliver(payload, headers)
+        queue = self.queue_of_subject(subject)
+        if queue in self.settings.worker_queues:
+            self.deliver(payload, headers, queue=queue)
+        else:
+            self.unserved.setdefault(queue, []).append(self.published[-1])
 
     async def publish_dead_letter(self, payload: bytes, headers: dict[str, str]) -> None:
         if self.fail_dead_letter is not None:
@@ -139,15 +152,21 @@ class MemoryTransport:
     async def problem(self) -> str | None:
         return self.trouble if self.connected else "disconnected"
 
-    async def queue_depth(self) -> tuple[int, int]:
-        return self.queue.qsize(), len(self.inflight)
+    async def ensure_queue(self, queue: str) -> None:
+        if queue not in self.ensured:
+            self.ensured.append(queue)
+
+    async def queue_depths(self) -> dict[str, tuple[int, int]]:
+        return {q: (self._waiting[q], self.inflight.count(q)) for q in self.settings.worker_queues}
 
     async def deliveries(self) -> AsyncGenerator[Msg, None]:
         self._listening = True
         try:
             while True:
                 msg = await self.queue.get()
-                self.inflight.hold(msg)
+                queue = self.queue_of_subject(msg.subject)
+                self._waiting[queue] -= 1
+                self.inflight.hold(msg, queue)
                 yield msg
         finally:
             self._listening = False
@@ -157,6 +176,11 @@ class MemoryTransport:
                     await msg.nak()
 
     # -- for tests ----------------------------------------------------------------------------
+    def queue_of_subject(self, subject: str) -> str:
+        """The queue whose subject this is."""
+        base = self.settings.nats_subject
+        return subject.removeprefix(f"{base}.") if subject != base else DEFAULT_QUEUE
+
     @property
     def queue(self) -> asyncio.Queue[Msg]:
         """Deliveries waiting for a receiver (made in the running event loop)."""
@@ -171,15 +195,16 @@ class MemoryTransport:
         *,
         delivered: int = 1,
         timestamp_ns: int = 1_700_000_000_000_000_000,
+        queue: str = DEFAULT_QUEUE,
     ) -> Msg:
         """A JetStream delivery of ``payload`` (not queued), acked through :attr:`client`."""
         self._sequence += 1
         s, seq = self.settings, self._sequence
-        where = f"{s.nats_stream}.{s.nats_consumer}"
+        where = f"{s.nats_stream}.{queue_consumer(s.nats_consumer, queue)}"
         reply = f"$JS.ACK.{where}.{delivered}.{seq}.{seq}.{timestamp_ns}.0"
         return Msg(
             _client=self.client,  # type: ignore[arg-type]
-            subject=s.nats_subject,
+            subject=s.queue_subject(queue),
             reply=reply,
             data=payload,
             headers=dict(headers) if headers else None,
@@ -188,6 +213,7 @@ class MemoryTransport:
     def deliver(self, payload: bytes, headers: dict[str, str] | None = None, **kw: Any) -> Msg:
         """Queue a delivery of ``payload`` for the receiver; return it."""
         msg = self.delivery(payload, headers, **kw)
+        self._waiting[self.queue_of_subject(msg.subject)] += 1
         self.queue.put_nowait(msg)
         return msg
 

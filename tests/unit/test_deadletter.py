@@ -19,6 +19,7 @@ from app.wire import (
     DEAD_LETTER_DELIVERIES_HEADER,
     DEAD_LETTER_DETAIL_HEADER,
     DEAD_LETTER_REASON_HEADER,
+    QUEUE_HEADER,
     TASK_NAME_HEADER,
 )
 
@@ -36,6 +37,7 @@ def test_a_task_message_decodes() -> None:
         sequence=7,
         task_id="t1",
         task_name="app.tasks.example:add",
+        queue="default",
         reason="unknown-task",
         deliveries=5,
         dead_lettered_at=None,
@@ -46,6 +48,16 @@ def test_a_task_message_decodes() -> None:
     assert replay_problem(letter) is None
     assert json.loads(letter.as_json())["body_error"] is None
     assert json.loads(letter.as_json())["detail"] is None
+
+
+def test_decode_finds_the_queue_in_the_header_or_the_labels() -> None:
+    body = json.dumps({**TASK, "labels": {"queue": "cpu"}}).encode()
+    assert decode(1, {}, body).queue == "cpu"
+    assert decode(1, {QUEUE_HEADER: "gpu"}, body).queue == "gpu"
+    assert decode(1, {}, json.dumps(TASK).encode()).queue == "default"
+    bad = decode(1, {QUEUE_HEADER: "No Such"}, body)
+    assert replay_problem(bad) == "queue 'No Such' is not a valid queue name"
+    assert json.loads(decode(1, {QUEUE_HEADER: "cpu"}, body).as_json())["queue"] == "cpu"
 
 
 def test_decode_shows_what_a_delivery_check_found() -> None:
@@ -96,7 +108,7 @@ def test_arguments_too_deep_to_encode_are_left_out_of_the_line() -> None:
     deep: list[object] = []
     for _ in range(100_000):
         deep = [deep]
-    letter = DeadLetter(1, "t", "n", None, None, None, None, args=deep)
+    letter = DeadLetter(1, "t", "n", "default", None, None, None, None, args=deep)
     shown = json.loads(letter.as_json())
     assert shown["args"] is None
     assert shown["body_error"].startswith("arguments not shown")

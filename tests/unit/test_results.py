@@ -147,15 +147,15 @@ async def test_a_pipeline_error_reaches_every_writer(backend: KiqResultBackend[A
 
 async def test_dispatch_records(backend: KiqResultBackend[Any], settings) -> None:
     assert await backend.read_status("d1") == (None, None)
-    await backend.record_dispatch("d1", "some.task")
-    assert await backend.read_status("d1") == (None, "some.task")
+    await backend.record_dispatch("d1", "some.task", "cpu")
+    assert await backend.read_status("d1") == (None, {"task_name": "some.task", "queue": "cpu"})
     ttl = await backend.redis.ttl(backend.meta_key("d1"))
     assert 0 < ttl <= settings.result_ttl_seconds
     await backend.set_result("d1", ok(3))
-    result, name = await backend.read_status("d1")
+    result, record = await backend.read_status("d1")
     assert result is not None
     assert result["return_value"] == 3
-    assert name == "some.task"
+    assert record == {"task_name": "some.task", "queue": "cpu"}
     await backend.forget_dispatch("d1")
     assert (await backend.read_status("d1"))[1] is None
 

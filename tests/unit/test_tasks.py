@@ -29,7 +29,7 @@ def test_example_names_are_pinned() -> None:
     source = inspect.getsource(example)
     for name in ("example_task", "risky_task", "add", "noop", "sleep_task", "cpu_burn"):
         full = f"app.tasks.example:{name}"
-        assert f'@register_task(task_name="{full}")' in source
+        assert f'@register_task(task_name="{full}"' in source
         assert broker.find_task(full) is getattr(example, name)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from nats.js.api import RetentionPolicy, StreamConfig
 
 from app.config import Settings
-from app.jetstream.topology import Topology, stream_problems
+from app.jetstream.topology import Topology, stream_problems, task_stream_subjects
 from app.wire import (
     DEAD_LETTER_DETAIL_HEADER,
     DEAD_LETTER_HEADERS,
@@ -60,16 +60,37 @@ def test_topology_of_the_settings(settings: Settings) -> None:
     topology = Topology(settings)
     tasks = topology.task_stream_config()
     assert tasks.retention == RetentionPolicy.WORK_QUEUE
-    assert tasks.subjects == [settings.nats_subject]
+    assert tasks.subjects == [settings.nats_subject, f"{settings.nats_subject}.*"]
+    assert tasks.subjects == task_stream_subjects(settings)
     assert tasks.duplicate_window == 120
     dead = topology.dead_letter_stream_config()
     assert dead.retention == RetentionPolicy.LIMITS
     assert dead.max_age == settings.dead_letter_max_age_seconds
     [consumer] = topology.consumer_configs()
     assert consumer.durable_name == settings.nats_consumer
+    assert consumer.filter_subject == settings.nats_subject
     assert consumer.max_deliver == settings.max_deliver + 1
     assert consumer.ack_wait == settings.ack_wait_seconds
     assert topology.consumer_names() == [settings.nats_consumer]
+
+
+def test_every_queue_has_its_subject_and_consumer(settings: Settings) -> None:
+    queued = settings.model_copy(update={"worker_queues": ["cpu", "io"]})
+    topology = Topology(queued)
+    assert topology.queues == ["default", "cpu", "io"]
+    assert topology.served_queues == ["cpu", "io"]
+    base, consumer = settings.nats_subject, settings.nats_consumer
+    assert [(c.durable_name, c.filter_subject) for c in topology.consumer_configs()] == [
+        (consumer, base),
+        (f"{consumer}_cpu", f"{base}.cpu"),
+        (f"{consumer}_io", f"{base}.io"),
+    ]
+    # A worker relies on the default consumer and its own queues' (readiness checks them).
+    assert topology.consumer_names() == [consumer, f"{consumer}_cpu", f"{consumer}_io"]
+    assert topology.add_queue("gpu") is True
+    assert topology.add_queue("gpu") is False
+    assert topology.consumer_configs()[-1].filter_subject == f"{base}.gpu"
+    assert queued.worker_slots == 2 * settings.worker_concurrency
 
 
 def test_stream_problems() -> None:
@@ -80,3 +101,7 @@ def test_stream_problems() -> None:
         "retention is limits, kiqstack needs workqueue",
         "subjects are ['a', 'b'], kiqstack needs ['a']",
     ]
+    # Fewer subjects than wanted (a release without queues): updated in place, no problem.
+    older = StreamConfig(name="s", subjects=["a"], retention=RetentionPolicy.WORK_QUEUE)
+    newer = StreamConfig(name="s", subjects=["a", "a.*"], retention=RetentionPolicy.WORK_QUEUE)
+    assert stream_problems(older, newer) == []

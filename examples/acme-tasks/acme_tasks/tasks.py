@@ -58,9 +58,11 @@ async def invoice_total(
     return {"net": net, "tax": tax, "gross": round(net + tax, 2)}
 
 
-@register_task(task_name="acme.word_count")
+@register_task(task_name="acme.word_count", queue="cpu")
 def word_count(text: str, top: int = 3) -> list[tuple[str, int]]:
     """Count the most frequent words of a text (a sync task: taskiq runs it in a thread).
+
+    It goes to the ``cpu`` queue: only workers whose ``WORKER_QUEUES`` include ``cpu`` run it.
 
     :param text: any text.
     :param top: how many words to return.
