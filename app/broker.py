@@ -34,7 +34,10 @@ from app.config import Settings, get_settings
 from app.delivery import DeliveryPipeline
 from app.errors import InvalidTaskIdError, PayloadTooLargeError
 from app.jetstream.connection import StopSignals
+from app.jetstream.topology import task_subject
 from app.jetstream.transport import JetStreamTransport
+from app.lifecycle import hooks
+from app.lifecycle.definitions import DELAYED, at_headers, definition_subject, due_time, rfc3339
 from app.results import KiqResultBackend
 from app.transport import Transport, TransportFactory
 from app.wire import (
@@ -111,6 +114,7 @@ class KiqBroker(AsyncBroker):
                 transport.inflight,
                 transport.publish_dead_letter,
             )
+            hooks.install(self._pipeline, self)
         return self._pipeline
 
     @property
@@ -171,25 +175,45 @@ class KiqBroker(AsyncBroker):
         :param message: the serialized task.
         :return: ``NATS_SUBJECT``.
         """
-        return self.settings.nats_subject
+        return task_subject(self.settings)
 
     async def kick(self, message: BrokerMessage) -> None:
         """Publish a task and wait for JetStream to persist it.
 
+        A ``delay`` (seconds) or ``eta`` label makes it a delayed task: an ``@at`` definition on
+        ``NATS_SCHEDULE_SUBJECT.delayed.<task_id>`` that NATS publishes to the task subject when
+        it is due (:mod:`app.lifecycle.delayed`); its status reads ``scheduled`` until then.
+
         :param message: the serialized task.
         :raises PayloadTooLargeError: when the message is over the size limit (nothing is sent).
         :raises InvalidTaskIdError: when the task id could corrupt logs or keys (nothing is sent).
+        :raises ScheduleError: on a bad delay or ETA (nothing is sent).
         """
         if not TASK_ID_PATTERN.fullmatch(message.task_id):
             raise InvalidTaskIdError(task_id=message.task_id[:64])
+        due = due_time(message.labels, self.settings.max_schedule_delay_seconds)
         headers = {key: str(value) for key, value in message.labels.items()}
         headers[TASK_NAME_HEADER] = message.task_name
         headers[MSG_ID_HEADER] = message.task_id
+        target = self.subject_for(message)
+        if due is not None:
+            headers = at_headers(due, target, f"{message.task_id}:at", headers)
         size = message_size(message.message, headers)
         limit = self.message_limit()
         if size > limit:
             raise PayloadTooLargeError(size=size, limit=limit)
-        await self.transport.publish(self.subject_for(message), message.message, headers)
+        if due is None:
+            await self.transport.publish(target, message.message, headers)
+            return
+        lifecycle = self.results.lifecycle
+        await lifecycle.set_state(message.task_id, {"status": "scheduled", "eta": rfc3339(due)})
+        subject = definition_subject(self.settings, DELAYED, message.task_id)
+        try:
+            await self.transport.publish(subject, message.message, headers)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await lifecycle.clear_state(message.task_id)
+            raise
 
     # -- consumption ------------------------------------------------------------------------
     async def listen(self) -> AsyncGenerator[AckableMessage, None]:

@@ -162,6 +162,13 @@ class Settings(BaseSettings):
         "capacity).",
     )
 
+    # -- delayed tasks ----------------------------------------------------------------------------
+    max_schedule_delay_seconds: int = Field(
+        default=366 * 86_400,
+        ge=1,
+        description="Longest delay (or farthest ETA) a task may be dispatched with.",
+    )
+
     # -- results -------------------------------------------------------------------------------
     result_ttl_seconds: int = Field(
         default=86_400, ge=1, description="Seconds a task result is kept in Redis."
@@ -251,6 +258,11 @@ class Settings(BaseSettings):
     # -- JetStream names -----------------------------------------------------------------------
     nats_stream: str = Field(default="kiqstack_tasks", description="Work-queue stream name.")
     nats_subject: str = Field(default="kiqstack.tasks", description="Subject tasks go to.")
+    nats_schedule_subject: str = Field(
+        default="kiqstack.schedules",
+        description="Prefix of the subjects holding schedule definitions in the task stream "
+        "(delayed tasks, retries, periodic schedules: <prefix>.delayed.<id>, ...).",
+    )
     nats_consumer: str = Field(
         default="kiqstack_workers", description="Durable pull consumer shared by all workers."
     )
@@ -348,7 +360,9 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} may only contain letters, digits, '-' and '_'")
         return value
 
-    @field_validator("nats_subject", "nats_dead_letter_subject", mode="after")
+    @field_validator(
+        "nats_subject", "nats_dead_letter_subject", "nats_schedule_subject", mode="after"
+    )
     @classmethod
     def _nats_subject(cls, value: str) -> str:
         if not value or any(c in value for c in " *>\t\r\n") or ".." in value:
@@ -361,6 +375,15 @@ class Settings(BaseSettings):
             raise ValueError("NATS_STREAM and NATS_DEAD_LETTER_STREAM must differ")
         if self.nats_subject == self.nats_dead_letter_subject:
             raise ValueError("NATS_SUBJECT and NATS_DEAD_LETTER_SUBJECT must differ")
+        schedules = self.nats_schedule_subject
+        for name, subject in (
+            ("NATS_SUBJECT", self.nats_subject),
+            ("NATS_DEAD_LETTER_SUBJECT", self.nats_dead_letter_subject),
+        ):
+            if subject == schedules or subject.startswith(f"{schedules}."):
+                raise ValueError(f"{name} must not be NATS_SCHEDULE_SUBJECT or below it")
+            if schedules.startswith(f"{subject}."):
+                raise ValueError(f"NATS_SCHEDULE_SUBJECT must not be below {name}")
         return self
 
     @model_validator(mode="after")

@@ -126,6 +126,18 @@ REDELIVERIES = Counter(
     ["task_name"],
     registry=WORKER_REGISTRY,
 )
+TASK_RETRIES = Counter(
+    "kiqstack_task_retries",
+    "Retries scheduled for tasks that failed with retries left (retry_on_error).",
+    ["task_name"],
+    registry=WORKER_REGISTRY,
+)
+TASKS_CANCELLED = Counter(
+    "kiqstack_tasks_cancelled",
+    "Queued tasks a worker dropped because they were cancelled before they started.",
+    ["task_name"],
+    registry=WORKER_REGISTRY,
+)
 GIVEN_BACK = Counter(
     "kiqstack_tasks_given_back",
     "Messages a worker returned for later redelivery, by reason.",

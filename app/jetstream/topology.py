@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -36,6 +36,30 @@ def _value(setting: object) -> object:
     return getattr(setting, "value", setting)
 
 
+def task_subject(settings: Settings, queue: str | None = None) -> str:
+    """Name the subject the tasks of a queue go to (what a delayed task or a retry targets).
+
+    :param settings: kiqstack settings.
+    :param queue: the queue (None: the default queue).
+    :return: ``NATS_SUBJECT`` for the default queue, else ``NATS_SUBJECT.<queue>``.
+    """
+    return settings.nats_subject if queue is None else f"{settings.nats_subject}.{queue}"
+
+
+def schedule_subjects(settings: Settings) -> str:
+    """Name the wildcard of the schedule definitions' subjects (``NATS_SCHEDULE_SUBJECT.>``)."""
+    return f"{settings.nats_schedule_subject}.>"
+
+
+def task_stream_subjects(settings: Settings) -> list[str]:
+    """List the subjects of the task stream: the tasks', then the schedule definitions'.
+
+    :param settings: kiqstack settings.
+    :return: the subjects, in this order.
+    """
+    return [task_subject(settings), schedule_subjects(settings)]
+
+
 class Topology:
     """Configurations of the streams and consumers, from the settings."""
 
@@ -52,15 +76,21 @@ class Topology:
         return self.settings.nats_stream
 
     def task_stream_config(self) -> StreamConfig:
-        """Describe the work-queue task stream."""
+        """Describe the work-queue task stream, which also holds the schedule definitions.
+
+        ``allow_msg_schedules``: delayed tasks, retries and periodic schedules are definitions
+        stored on ``NATS_SCHEDULE_SUBJECT.>`` that the server fires itself. No ``max_age`` and no
+        message or byte limits: they would delete definitions without a word.
+        """
         s = self.settings
         return StreamConfig(
             name=s.nats_stream,
-            subjects=[s.nats_subject],
+            subjects=task_stream_subjects(s),
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
             num_replicas=s.nats_stream_replicas,
             duplicate_window=DUPLICATE_WINDOW_SECONDS,
+            allow_msg_schedules=True,
         )
 
     def dead_letter_stream_config(self) -> StreamConfig:
@@ -76,10 +106,15 @@ class Topology:
         )
 
     def worker_consumer_config(self) -> ConsumerConfig:
-        """Describe the durable pull consumer of the task stream every worker shares."""
+        """Describe the durable pull consumer of the task stream every worker shares.
+
+        It is filtered on the default queue's subject, so that it never delivers a schedule
+        definition (an ack would delete it).
+        """
         s = self.settings
         return ConsumerConfig(
             durable_name=s.nats_consumer,
+            filter_subject=task_subject(s),
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=s.ack_wait_seconds,
@@ -103,10 +138,22 @@ class Topology:
         :param repairing: log a created stream as the loss it means (NATS lost its data).
         :raises StreamConfigError: when an existing stream cannot serve kiqstack.
         """
-        await ensure_stream(js, self.task_stream_config(), work_queue=True, repairing=repairing)
+        # Consumers first when the stream exists: an unfiltered consumer of an older version must
+        # get its filter before the stream takes the schedule subjects (it would ack definitions).
+        created = await ensure_stream(
+            js,
+            self.task_stream_config(),
+            work_queue=True,
+            repairing=repairing,
+            before_update=self._ensure_consumers,
+        )
         await ensure_stream(
             js, self.dead_letter_stream_config(), work_queue=False, repairing=repairing
         )
+        if created:
+            await self._ensure_consumers(js)
+
+    async def _ensure_consumers(self, js: JetStreamContext) -> None:
         for config in self.consumer_configs():
             await js.add_consumer(stream=self.stream, config=config)
 
@@ -123,20 +170,48 @@ def stream_problems(have: StreamConfig, wanted: StreamConfig) -> list[str]:
         problems.append(
             f"retention is {_value(have.retention)}, kiqstack needs {_value(wanted.retention)}"
         )
-    if set(have.subjects or []) != set(wanted.subjects or []):
+    if not set(have.subjects or []) <= set(wanted.subjects or []):
         problems.append(f"subjects are {have.subjects}, kiqstack needs {wanted.subjects}")
+    if wanted.allow_msg_schedules:
+        # A limit deletes schedule definitions: the schedule stops without a word.
+        if have.max_age:
+            problems.append(
+                f"max_age is {have.max_age}s (it would delete delayed tasks and schedules)"
+            )
+        for limit in ("max_msgs", "max_bytes", "max_msgs_per_subject"):
+            value = getattr(have, limit)
+            if value is not None and value > 0:
+                problems.append(f"{limit} is {value} (it would delete delayed tasks and schedules)")
     return problems
 
 
+def needs_update(have: StreamConfig, wanted: StreamConfig) -> bool:
+    """Tell whether a compatible existing stream lacks subjects or schedules kiqstack needs."""
+    return set(have.subjects or []) != set(wanted.subjects or []) or bool(
+        wanted.allow_msg_schedules and not have.allow_msg_schedules
+    )
+
+
 async def ensure_stream(
-    js: JetStreamContext, wanted: StreamConfig, *, work_queue: bool, repairing: bool = False
-) -> None:
-    """Create a stream, or check that the existing one is compatible.
+    js: JetStreamContext,
+    wanted: StreamConfig,
+    *,
+    work_queue: bool,
+    repairing: bool = False,
+    before_update: Callable[[JetStreamContext], Awaitable[None]] | None = None,
+) -> bool:
+    """Create a stream, or check that the existing one is compatible and bring it up to date.
+
+    An existing stream of an earlier kiqstack gets the subjects and the message schedules it
+    lacks, in place (its messages are kept). Schedules cannot be switched off again.
 
     :param js: a connected JetStream context.
     :param wanted: the configuration kiqstack needs.
     :param work_queue: the task stream (whose replicas and storage are worth a warning).
     :param repairing: log a created stream as the loss it means.
+    :param before_update: called with ``js`` once the stream is known to exist, before it is
+        updated (the consumers get their filters first).
+    :return: True when the stream was created.
     :raises StreamConfigError: when an existing stream cannot serve kiqstack.
     """
     assert wanted.name is not None  # noqa: S101
@@ -152,7 +227,7 @@ async def ensure_stream(
             )
         else:
             logger.info("created JetStream stream %s", wanted.name)
-        return
+        return True
     have = info.config
     problems = stream_problems(have, wanted)
     if problems:
@@ -161,6 +236,19 @@ async def ensure_stream(
             + "; ".join(problems)
             + ". Retention and subjects cannot be changed in place: drain it and delete it "
             "(nats stream rm), or choose another name (NATS_STREAM / NATS_DEAD_LETTER_STREAM)."
+        )
+    if before_update is not None:
+        await before_update(js)
+    if needs_update(have, wanted):
+        updated = StreamConfig.from_response(have.as_dict())
+        updated.subjects = list(wanted.subjects or [])
+        updated.allow_msg_schedules = wanted.allow_msg_schedules or have.allow_msg_schedules
+        await js.update_stream(config=updated)
+        logger.warning(
+            "JetStream stream %s updated in place: subjects %s, message schedules %s",
+            wanted.name,
+            updated.subjects,
+            "on" if updated.allow_msg_schedules else "off",
         )
     if (
         work_queue
@@ -176,6 +264,7 @@ async def ensure_stream(
             wanted.num_replicas,
             wanted.storage,
         )
+    return False
 
 
 class TopologyWatch:

@@ -16,6 +16,7 @@ from taskiq.decor import AsyncTaskiqDecoratedTask
 
 from app.broker import KiqBroker
 from app.config import Settings
+from app.lifecycle.retries import RetryMiddleware
 from app.results import KiqResultBackend
 from app.tasks.builtin import register_builtin_tasks
 from app.transport import TransportFactory
@@ -41,7 +42,9 @@ def build_broker(
     :param result_backend: the result backend (default: Redis on ``REDIS_URL``).
     :return: the broker.
     """
-    new = KiqBroker(settings, transport=transport).with_middlewares(TaskMetricsMiddleware())
+    new = KiqBroker(settings, transport=transport).with_middlewares(
+        TaskMetricsMiddleware(), RetryMiddleware()
+    )
     if result_backend is not None:
         new.with_result_backend(result_backend)
     new.state.kiqstack_broker = new
@@ -55,7 +58,10 @@ broker = build_broker()
 
 
 def register_task(
-    task_name: str | None = None, **labels: Any
+    task_name: str | None = None,
+    *,
+    retry_on: tuple[type[BaseException], ...] | None = None,
+    **labels: Any,
 ) -> Callable[[Callable[_P, _ReturnT]], AsyncTaskiqDecoratedTask[_P, _ReturnT]]:
     """Register a function as a task of the shared broker.
 
@@ -63,10 +69,21 @@ def register_task(
     ``task_name=`` to pin a name that survives moving the function. Labels (for example
     ``timeout=30``) travel with every message.
 
+    Retries (:mod:`app.lifecycle.retries`): ``retry_on_error=True``, ``max_retries=3``,
+    ``retry_backoff=1.0``, ``retry_backoff_max=600``, ``retry_jitter=True``, and ``retry_on``.
+
     :param task_name: explicit task name.
+    :param retry_on: only these exception types retry (default: any); kept in the worker, like
+        taskiq's ``types_of_exceptions`` label.
     :param labels: taskiq labels.
     :return: a decorator returning the task (call ``.kiq(...)`` on it).
     """
+    if retry_on is not None:
+        if not isinstance(retry_on, tuple) or not all(
+            isinstance(kind, type) and issubclass(kind, BaseException) for kind in retry_on
+        ):
+            raise TypeError("retry_on must be a tuple of exception types")
+        labels["types_of_exceptions"] = retry_on
     decorator: Callable[[Callable[_P, _ReturnT]], AsyncTaskiqDecoratedTask[_P, _ReturnT]]
     decorator = broker.task(task_name=task_name, **labels)
     return decorator

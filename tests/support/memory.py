@@ -27,7 +27,15 @@ from app.jetstream.inflight import InFlight
 from app.results import KiqResultBackend
 from app.tasks.broker import broker as shared_broker
 from app.tasks.broker import build_broker
-from app.wire import MSG_ID_HEADER
+from app.transport import StoredMessage
+from app.wire import (
+    MSG_ID_HEADER,
+    SCHEDULE_HEADER,
+    SCHEDULE_NEXT_HEADER,
+    SCHEDULE_NEXT_PURGE,
+    SCHEDULE_TARGET_HEADER,
+    SCHEDULER_HEADER,
+)
 
 ACK, NAK, PROGRESS = b"", b"-NAK", b"+WPI"
 
@@ -87,6 +95,8 @@ class MemoryTransport:
     #: ``Nats-Msg-Id`` values stored (duplicates are dropped, as by the task stream) and drops.
     msg_ids: set[str] = field(default_factory=set)
     duplicates: int = 0
+    #: Schedule definitions stored, by subject (a second one on a subject replaces the first).
+    definitions: dict[str, StoredMessage] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.inflight = InFlight(self.settings.ack_wait_seconds)
@@ -120,6 +130,10 @@ class MemoryTransport:
     async def publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
         if self.fail_publish is not None:
             raise self.fail_publish
+        if SCHEDULE_HEADER in headers:  # a definition: stored, fired by fire()
+            self._sequence += 1
+            self.definitions[subject] = StoredMessage(self._sequence, payload, dict(headers))
+            return
         msg_id = headers.get(MSG_ID_HEADER)
         if msg_id is not None:
             if msg_id in self.msg_ids:  # JetStream's duplicate window drops it
@@ -135,6 +149,12 @@ class MemoryTransport:
         self.dead_letters.append(
             Published(self.settings.nats_dead_letter_subject, payload, dict(headers))
         )
+
+    async def purge(self, subject: str) -> int:
+        return 1 if self.definitions.pop(subject, None) is not None else 0
+
+    async def last_message(self, subject: str) -> StoredMessage | None:
+        return self.definitions.get(subject)
 
     async def problem(self) -> str | None:
         return self.trouble if self.connected else "disconnected"
@@ -157,6 +177,20 @@ class MemoryTransport:
                     await msg.nak()
 
     # -- for tests ----------------------------------------------------------------------------
+    def fire(self, subject: str, next_tick: str = SCHEDULE_NEXT_PURGE) -> Msg:
+        """Do what the server does when a definition is due: publish its copy to the target.
+
+        An ``@at`` definition (``next_tick`` ``purge``) is removed; a periodic one stays.
+        """
+        stored = self.definitions[subject]
+        if next_tick == SCHEDULE_NEXT_PURGE:
+            del self.definitions[subject]
+        headers = {k: v for k, v in stored.headers.items() if not k.startswith("Nats-")}
+        headers.update({SCHEDULER_HEADER: subject, SCHEDULE_NEXT_HEADER: next_tick})
+        target = stored.headers[SCHEDULE_TARGET_HEADER]
+        self.published.append(Published(target, stored.data, dict(headers)))
+        return self.deliver(stored.data, headers, subject=target)
+
     @property
     def queue(self) -> asyncio.Queue[Msg]:
         """Deliveries waiting for a receiver (made in the running event loop)."""
@@ -171,6 +205,7 @@ class MemoryTransport:
         *,
         delivered: int = 1,
         timestamp_ns: int = 1_700_000_000_000_000_000,
+        subject: str | None = None,
     ) -> Msg:
         """A JetStream delivery of ``payload`` (not queued), acked through :attr:`client`."""
         self._sequence += 1
@@ -179,7 +214,7 @@ class MemoryTransport:
         reply = f"$JS.ACK.{where}.{delivered}.{seq}.{seq}.{timestamp_ns}.0"
         return Msg(
             _client=self.client,  # type: ignore[arg-type]
-            subject=s.nats_subject,
+            subject=subject or s.nats_subject,
             reply=reply,
             data=payload,
             headers=dict(headers) if headers else None,
