@@ -32,6 +32,7 @@ class RunMode(enum.StrEnum):
     SERVER = "server"
     WORKER = "worker"
     BOTH = "both"
+    SCHEDULER = "scheduler"
 
 
 _NATS_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
@@ -108,7 +109,11 @@ class Settings(BaseSettings):
     )
 
     # -- process role and ports ----------------------------------------------------------------
-    run_mode: RunMode = Field(default=RunMode.SERVER, description="server, worker or both.")
+    run_mode: RunMode = Field(
+        default=RunMode.SERVER,
+        description="server, worker, both (server and worker; the server process also runs "
+        "the scheduler) or scheduler.",
+    )
     host: str = Field(default="0.0.0.0", description="Address the API and metrics servers bind.")
     port: int = Field(default=8000, ge=1, le=65535, description="API port.")
     metrics_port: int = Field(
@@ -162,11 +167,18 @@ class Settings(BaseSettings):
         "capacity).",
     )
 
-    # -- delayed tasks ----------------------------------------------------------------------------
+    # -- delayed and periodic tasks ------------------------------------------------------------
     max_schedule_delay_seconds: int = Field(
         default=366 * 86_400,
         ge=1,
         description="Longest delay (or farthest ETA) a task may be dispatched with.",
+    )
+    scheduler_interval_seconds: float = Field(
+        default=30,
+        gt=0,
+        le=3600,
+        description="How often the scheduler checks that the periodic schedules are in NATS "
+        "(and re-creates a missing one).",
     )
 
     # -- results -------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 import time
@@ -24,7 +25,7 @@ from app.api import routers
 from app.api.deps import Kiq, Lifecycle
 from app.api.docs import install_docs
 from app.broker import KiqBroker
-from app.config import Settings, get_settings
+from app.config import RunMode, Settings, get_settings
 from app.errors import AppError, ClientDisconnectedError, describe_errors
 from app.logs import configure_logging
 from app.redact import redact
@@ -187,13 +188,25 @@ def create_app(
 
             probes = ServerProbes(kiq, settings.host, metrics_port)
             await probes.start()
+        scheduler: asyncio.Task[None] | None = None
+        stop_scheduler = asyncio.Event()
         try:
             if not kiq_broker.is_worker_process:
                 await kiq_broker.startup()
                 lifecycle.broker_started = True
+            if settings.run_mode is RunMode.BOTH and lifecycle.broker_started:
+                # RUN_MODE=both: the server process keeps the periodic schedules too.
+                from app.scheduler import Reconciler
+
+                scheduler = asyncio.create_task(
+                    Reconciler(kiq_broker).run(settings.scheduler_interval_seconds, stop_scheduler)
+                )
             logger.info("kiqstack API %s ready on port %d", __version__, settings.port)
             yield
         finally:
+            stop_scheduler.set()
+            if scheduler is not None:
+                await scheduler
             lifecycle.draining = True
             if lifecycle.broker_started:
                 lifecycle.broker_started = False

@@ -71,6 +71,9 @@ class Transport(Protocol):
     async def last_message(self, subject: str) -> StoredMessage | None:
         """Read the last message of the task stream on ``subject`` (None when there is none)."""
 
+    async def subjects(self, wildcard: str) -> list[str]:
+        """List the subjects of the task stream matching ``wildcard`` that hold messages."""
+
     async def problem(self) -> str | None:
         """Tell what keeps this process from working (None: nothing), for ``/readyz``."""
 

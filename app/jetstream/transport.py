@@ -159,6 +159,13 @@ class JetStreamTransport:
             return None
         return StoredMessage(int(raw.seq or 0), raw.data or b"", dict(raw.headers or {}))
 
+    async def subjects(self, wildcard: str) -> list[str]:
+        """List the subjects of the task stream matching ``wildcard`` that hold messages."""
+        info = await self.connection.js.stream_info(
+            self.settings.nats_stream, subjects_filter=wildcard
+        )
+        return sorted(info.state.subjects or {})
+
     async def problem(self) -> str | None:
         """Check that NATS is connected and the stream and consumers exist (for ``/readyz``)."""
         return await self.watch.check()

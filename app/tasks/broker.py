@@ -16,6 +16,7 @@ from taskiq.decor import AsyncTaskiqDecoratedTask
 
 from app.broker import KiqBroker
 from app.config import Settings
+from app.lifecycle.periodic import periodic
 from app.lifecycle.retries import RetryMiddleware
 from app.results import KiqResultBackend
 from app.tasks.builtin import register_builtin_tasks
@@ -61,6 +62,7 @@ def register_task(
     task_name: str | None = None,
     *,
     retry_on: tuple[type[BaseException], ...] | None = None,
+    schedule: list[dict[str, Any]] | None = None,
     **labels: Any,
 ) -> Callable[[Callable[_P, _ReturnT]], AsyncTaskiqDecoratedTask[_P, _ReturnT]]:
     """Register a function as a task of the shared broker.
@@ -75,6 +77,9 @@ def register_task(
     :param task_name: explicit task name.
     :param retry_on: only these exception types retry (default: any); kept in the worker, like
         taskiq's ``types_of_exceptions`` label.
+    :param schedule: periodic schedules of the task, each the keyword arguments of
+        :func:`app.lifecycle.periodic.periodic` (``{"every": 60}``, ``{"cron": "0 9 * * *",
+        "tz": "Europe/Berlin"}``); the scheduler role keeps them in NATS.
     :param labels: taskiq labels.
     :return: a decorator returning the task (call ``.kiq(...)`` on it).
     """
@@ -84,6 +89,14 @@ def register_task(
         ):
             raise TypeError("retry_on must be a tuple of exception types")
         labels["types_of_exceptions"] = retry_on
-    decorator: Callable[[Callable[_P, _ReturnT]], AsyncTaskiqDecoratedTask[_P, _ReturnT]]
-    decorator = broker.task(task_name=task_name, **labels)
+    register: Callable[[Callable[_P, _ReturnT]], AsyncTaskiqDecoratedTask[_P, _ReturnT]]
+    register = broker.task(task_name=task_name, **labels)
+    declarations = [periodic(**spec) for spec in schedule or []]
+
+    def decorator(func: Callable[_P, _ReturnT]) -> AsyncTaskiqDecoratedTask[_P, _ReturnT]:
+        task: AsyncTaskiqDecoratedTask[_P, _ReturnT] = register(func)
+        for declare in declarations:
+            declare(task)
+        return task
+
     return decorator

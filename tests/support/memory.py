@@ -20,6 +20,7 @@ from typing import Any
 
 import fakeredis
 from nats.aio.msg import Msg
+from nats.js.errors import APIError
 
 from app.broker import KiqBroker
 from app.config import Settings
@@ -29,6 +30,8 @@ from app.tasks.broker import broker as shared_broker
 from app.tasks.broker import build_broker
 from app.transport import StoredMessage
 from app.wire import (
+    ERR_WRONG_LAST_SEQUENCE,
+    EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER,
     MSG_ID_HEADER,
     SCHEDULE_HEADER,
     SCHEDULE_NEXT_HEADER,
@@ -131,6 +134,10 @@ class MemoryTransport:
         if self.fail_publish is not None:
             raise self.fail_publish
         if SCHEDULE_HEADER in headers:  # a definition: stored, fired by fire()
+            expected = headers.get(EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER)
+            last = self.definitions.get(subject)
+            if expected is not None and int(expected) != (last.sequence if last else 0):
+                raise APIError(err_code=ERR_WRONG_LAST_SEQUENCE, description="wrong last sequence")
             self._sequence += 1
             self.definitions[subject] = StoredMessage(self._sequence, payload, dict(headers))
             return
@@ -155,6 +162,10 @@ class MemoryTransport:
 
     async def last_message(self, subject: str) -> StoredMessage | None:
         return self.definitions.get(subject)
+
+    async def subjects(self, wildcard: str) -> list[str]:
+        prefix = wildcard.removesuffix(">")
+        return sorted(s for s in self.definitions if s.startswith(prefix))
 
     async def problem(self) -> str | None:
         return self.trouble if self.connected else "disconnected"
