@@ -16,6 +16,7 @@ reconciliation done), ``/metrics``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import signal
@@ -58,7 +59,7 @@ class Reconciler:
         self.reconciled = False
 
     def declared(self) -> dict[str, Schedule]:
-        """The schedules of the broker's tasks, by definition subject."""
+        """Return the schedules of the broker's tasks, by definition subject."""
         settings = self.broker.settings
         return {
             definition_subject(settings, PERIODIC, s.name): s
@@ -122,10 +123,8 @@ class Reconciler:
             except Exception as exc:
                 metrics.SCHEDULER_ERRORS.inc()
                 logger.error("could not reconcile the schedules: %s", describe_error(exc))
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
-            except TimeoutError:
-                pass
 
 
 class SchedulerProbes(ProbeServer):

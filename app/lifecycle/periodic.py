@@ -155,7 +155,7 @@ def make_schedule(
 
 
 def schedules_of(broker: Any) -> dict[str, Schedule]:
-    """The schedules declared on a broker, by name (an empty dict to fill when there is none)."""
+    """Return the schedules declared on a broker, by name (an empty dict to fill if none)."""
     found: dict[str, Schedule] | None = getattr(broker, "kiqstack_schedules", None)
     if found is None:
         found = {}

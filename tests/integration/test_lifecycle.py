@@ -90,6 +90,7 @@ async def test_retrying_status_then_the_last_error_and_no_dead_letter(
 def test_a_delayed_task_survives_a_restart_of_nats_and_of_kiqstack(
     stack: Stack, own_nats: Server, redis_url: str
 ) -> None:
+    scheduler = stack.role("scheduler", TASK_MODULES=MODULES)
     server = stack.role("server", TASK_MODULES=MODULES)
     base = f"http://127.0.0.1:{server.port}"
     key = f"runs:{uuid.uuid4().hex}"
@@ -102,8 +103,10 @@ def test_a_delayed_task_survives_a_restart_of_nats_and_of_kiqstack(
     assert scheduled["status"] == "scheduled", scheduled
     assert scheduled["eta"], scheduled
     server.stop()
+    scheduler.stop()
     own_nats.stop()
     own_nats.start()  # same store directory: the definition is still there
+    stack.role("scheduler", TASK_MODULES=MODULES)
     server = stack.role("server", TASK_MODULES=MODULES)
     stack.role("worker", TASK_MODULES=MODULES)
     base = f"http://127.0.0.1:{server.port}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,7 +39,7 @@ def test_two_schedulers_one_run_per_tick(stack: Stack, env: dict[str, Any], redi
     ticks = sorted(datetime.fromisoformat(run["next"].replace("Z", "+00:00")) for run in runs)
     # 31 consecutive runs, one per tick: TICKS seconds with neither a doubled nor a lost tick.
     assert len({run["task_id"] for run in runs}) == TICKS + 1
-    steps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
+    steps = [b - a for a, b in itertools.pairwise(ticks)]
     assert steps == [timedelta(seconds=1)] * TICKS, runs
     # One definition written by one of them; both are ready and report the schedule.
     pages = [httpx.get(f"{s.probe_url}/metrics", timeout=5).text for s in schedulers]
