@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -199,3 +200,44 @@ async def test_wait_for_progress_from_python(stack: Stack, settings: Settings) -
         assert "cancelled" in str(result.error)
     finally:
         await broker.shutdown()
+
+
+async def test_a_generated_message_dead_letters_and_replays_without_schedule_headers(
+    stack: Stack, env: dict[str, Any], settings: Settings
+) -> None:
+    """A delayed task no worker knows: its copy carries Nats-Scheduler, which NATS would refuse."""
+    from taskiq.kicker import AsyncKicker
+
+    from app.deadletter import open_dead_letters
+
+    stack.role("worker", TASK_MODULES=MODULES, MAX_DELIVER=1)
+    broker = build_broker(settings)
+    await broker.startup()
+    try:
+        kicker: AsyncKicker[Any, Any] = AsyncKicker("tests.nowhere", broker, {"delay": 1})
+        await kicker.kiq()
+    finally:
+        await broker.shutdown()
+
+    async def letters() -> list[Any]:
+        async with open_dead_letters(settings) as stream:
+            return [letter async for letter in stream.letters(10)]
+
+    deadline = 60
+    found: list[Any] = []
+    for _ in range(deadline * 5):
+        found = await letters()
+        if found:
+            break
+        await asyncio.sleep(0.2)
+    assert len(found) == 1, stack.dump_logs()
+    nc = Client()
+    await nc.connect(env["NATS_URL"])
+    try:
+        stored = await nc.jetstream().get_msg(env["NATS_DEAD_LETTER_STREAM"], 1)
+    finally:
+        await nc.close()
+    assert not [k for k in (stored.headers or {}) if k.startswith("Nats-")], stored.headers
+    async with open_dead_letters(settings) as stream:
+        results = [result async for result in stream.replay([1])]
+    assert [r.outcome.value for r in results] == ["replayed"], results

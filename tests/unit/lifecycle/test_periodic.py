@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from app.broker import KiqBroker
+from app.config import RunMode, Settings
 from app.errors import ScheduleError
 from app.lifecycle.definitions import PERIODIC, definition_subject, periodic_task_id
 from app.lifecycle.periodic import cron_pattern, make_schedule, periodic, schedules_of
 from app.scheduler import Reconciler
 from app.wire import SCHEDULE_HEADER, SCHEDULE_TIME_ZONE_HEADER
-from tests.support.memory import MemoryTransport
+from tests.support.memory import MemoryTransport, memory_broker
 from tests.support.worker import InProcessWorker
 
 
@@ -108,3 +111,24 @@ async def test_each_tick_runs_with_its_own_id(
     assert len(set(ids)) == 2
     assert subject in transport.definitions  # a periodic definition stays
     await broker.shutdown()
+
+
+async def test_the_server_of_run_mode_both_keeps_the_schedules(settings: Settings) -> None:
+    from asgi_lifespan import LifespanManager
+
+    from app.main import create_app
+
+    both = settings.model_copy(update={"run_mode": RunMode.BOTH})
+    broker, transport = memory_broker(both, tasks=[])
+
+    async def beat() -> None:
+        return None
+
+    periodic(every=7, name="server-beat")(broker.register_task(beat, task_name="t:server-beat"))
+    async with LifespanManager(create_app(both, broker=broker)):
+        subject = definition_subject(both, PERIODIC, "server-beat")
+        for _ in range(100):
+            if subject in transport.definitions:
+                break
+            await asyncio.sleep(0.02)
+        assert transport.definitions[subject].headers[SCHEDULE_HEADER] == "@every 7s"
