@@ -15,7 +15,7 @@ from app import metrics
 from app.delivery import Action, DeliveryPipeline, Refusal
 from app.lifecycle.cancel import store_cancelled
 from app.lifecycle.definitions import due_in, rfc3339
-from app.lifecycle.retries import count_retry, retry_message, take_plan
+from app.lifecycle.retries import attempt_of, count_retry, retry_message, take_plan
 from app.retry import describe_error
 
 if TYPE_CHECKING:
@@ -33,6 +33,15 @@ def install(pipeline: DeliveryPipeline, broker: KiqBroker) -> None:
 
     async def cancelled(msg: Msg, message: TaskiqMessage) -> Refusal | None:
         results = broker.results
+        if msg.metadata.num_delivered > 1 and await retry_already_scheduled(message):
+            # The worker scheduled the retry of this run, then crashed before its ack.
+            logger.info(
+                "task %s (%s): attempt %d already failed and its retry is scheduled; not run again",
+                message.task_id,
+                message.task_name,
+                attempt_of(message),
+            )
+            return Refusal(Action.DROP, "retry-scheduled")
         if not await results.lifecycle.cancel_requested(message.task_id):
             return None
         if not await results.is_result_ready(message.task_id):
@@ -75,6 +84,12 @@ def install(pipeline: DeliveryPipeline, broker: KiqBroker) -> None:
             return True
         count_retry(plan)
         return False  # the pipeline acks the failed delivery
+
+    async def retry_already_scheduled(message: TaskiqMessage) -> bool:
+        state = await broker.results.lifecycle.read_state(message.task_id)
+        if not state or state.get("status") != "retrying":
+            return False
+        return int(state.get("attempt", 0)) > attempt_of(message)
 
     pipeline.add_check(cancelled)
     pipeline.add_settler(retry)

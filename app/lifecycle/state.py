@@ -65,6 +65,11 @@ class LifecycleRecords:
         """Record what a task waits for (``scheduled``, ``retrying``)."""
         await self.redis.set(self.key(task_id, STATE_SUFFIX), json.dumps(state), ex=self.ttl)
 
+    async def read_state(self, task_id: str) -> dict[str, Any] | None:
+        """Read what a task waits for (None when nothing)."""
+        raw = await self.redis.get(self.key(task_id, STATE_SUFFIX))
+        return json.loads(raw) if raw is not None else None
+
     async def clear_state(self, task_id: str) -> None:
         """Forget what a task waited for (its definition could not be stored)."""
         await self.redis.delete(self.key(task_id, STATE_SUFFIX))

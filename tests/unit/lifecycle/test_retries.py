@@ -156,3 +156,19 @@ async def test_only_the_listed_exceptions_retry(
     assert flaky["n"] == 1
     assert transport.definitions == {}
     await broker.shutdown()
+
+
+async def test_a_redelivered_run_whose_retry_is_scheduled_is_not_run_again(
+    broker: KiqBroker, transport: MemoryTransport, worker: InProcessWorker, flaky: dict[str, int]
+) -> None:
+    """A crash between the retry's publish and the ack: the redelivery is acked, not run."""
+    await broker.startup()
+    await broker.find_task("t:flaky").kicker().with_task_id("r-3").kiq(10)  # type: ignore[union-attr]
+    await settled(transport, worker)
+    assert flaky["n"] == 1
+    first = transport.published[0]
+    redelivered = transport.deliver(first.payload, first.headers, delivered=2)
+    await settled(transport, worker)
+    assert flaky["n"] == 1
+    assert transport.client.answers(redelivered) == [b""]  # acked
+    await broker.shutdown()
