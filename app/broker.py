@@ -37,6 +37,8 @@ from app.delivery import DeliveryPipeline
 from app.errors import InvalidTaskIdError, PayloadTooLargeError
 from app.jetstream.connection import StopSignals
 from app.jetstream.transport import JetStreamTransport
+from app.lifecycle import hooks
+from app.lifecycle.definitions import DELAYED, at_headers, definition_subject, due_time, rfc3339
 from app.queues import DEFAULT_QUEUE, check_queue, queue_of, unique
 from app.results import KiqResultBackend
 from app.transport import Transport, TransportFactory
@@ -115,6 +117,7 @@ class KiqBroker(AsyncBroker):
                 transport.inflight,
                 transport.publish_dead_letter,
             )
+            hooks.install(self._pipeline, self)
         return self._pipeline
 
     @property
@@ -203,25 +206,44 @@ class KiqBroker(AsyncBroker):
         The queue's consumer is made sure of first (once per process and queue); if that fails
         the message is still stored (the stream takes every queue's subject) and waits for it.
 
+        A ``delay`` (seconds) or ``eta`` label makes it a delayed task: an ``@at`` definition on
+        ``NATS_SCHEDULE_SUBJECT.delayed.<task_id>`` that NATS publishes to the task subject when
+        it is due (:mod:`app.lifecycle.delayed`); its status reads ``scheduled`` until then.
+
         :param message: the serialized task.
         :raises PayloadTooLargeError: when the message is over the size limit (nothing is sent).
         :raises InvalidTaskIdError: when the task id could corrupt logs or keys (nothing is sent).
         :raises InvalidQueueError: when its queue label is not a valid name (nothing is sent).
+        :raises ScheduleError: on a bad delay or ETA (nothing is sent).
         """
         if not TASK_ID_PATTERN.fullmatch(message.task_id):
             raise InvalidTaskIdError(task_id=message.task_id[:64])
-        subject = self.subject_for(message)
-        queue = queue_of(message.labels)
+        queue = check_queue(queue_of(message.labels))
+        due = due_time(message.labels, self.settings.max_schedule_delay_seconds)
         headers = {key: str(value) for key, value in message.labels.items()}
         headers[TASK_NAME_HEADER] = message.task_name
         headers[QUEUE_HEADER] = queue
         headers[MSG_ID_HEADER] = message.task_id
+        target = self.subject_for(message)
+        if due is not None:
+            headers = at_headers(due, target, f"{message.task_id}:at", headers)
         size = message_size(message.message, headers)
         limit = self.message_limit()
         if size > limit:
             raise PayloadTooLargeError(size=size, limit=limit)
         await self.transport.ensure_queue(queue)
-        await self.transport.publish(subject, message.message, headers)
+        if due is None:
+            await self.transport.publish(target, message.message, headers)
+            return
+        lifecycle = self.results.lifecycle
+        await lifecycle.set_state(message.task_id, {"status": "scheduled", "eta": rfc3339(due)})
+        subject = definition_subject(self.settings, DELAYED, message.task_id)
+        try:
+            await self.transport.publish(subject, message.message, headers)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await lifecycle.clear_state(message.task_id)
+            raise
 
     # -- consumption ------------------------------------------------------------------------
     async def listen(self) -> AsyncGenerator[AckableMessage, None]:

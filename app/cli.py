@@ -14,7 +14,8 @@ from app.errors import ConfigError
 _DESCRIPTION = """\
 kiqstack: Python background tasks on NATS JetStream with results in Redis.
 
-Without a command, starts the role named by RUN_MODE (server, worker or both).
+Without a command, starts the role named by RUN_MODE (server, worker, both or
+scheduler).
 Configuration comes from environment variables (NATS_URL, REDIS_URL, ...);
 see the README's settings table.
 
@@ -28,6 +29,7 @@ examples:
   RUN_MODE=worker {prog}      start a worker
   {prog} server               start the API on $PORT (8000),
                               metrics and probes on $METRICS_PORT (9000)
+  {prog} scheduler            keep the periodic schedules of TASK_MODULES in NATS
   {prog} dlq list             show dead-lettered messages, one JSON line each
   {prog} dlq replay 3 4       send dead letters 3 and 4 back to their queues
   {prog} dlq replay --all     send every dead letter back to its queue
@@ -88,7 +90,20 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     sub.add_parser("server", help="serve the HTTP API (uvicorn)")
     sub.add_parser("worker", help="run the taskiq worker (exec; SIGTERM drains it)")
     sub.add_parser(
-        "both", help="run server and worker as two supervised processes (SIGTERM/SIGINT stop both)"
+        "both",
+        help="run server and worker as two supervised processes (SIGTERM/SIGINT stop both); "
+        "the server also runs the scheduler",
+    )
+    sub.add_parser(
+        "scheduler",
+        help="keep the periodic schedules of TASK_MODULES in NATS",
+        description="Keep the periodic schedules declared in TASK_MODULES (@periodic, "
+        "register_task(schedule=...)) as JetStream schedule definitions: write a missing or "
+        "changed one (compare-and-set), delete one no longer declared, then check every "
+        "SCHEDULER_INTERVAL_SECONDS. NATS fires the ticks itself: one run per tick with any "
+        "number of schedulers, and ticks continue while none runs; ticks missed while NATS is "
+        "down are coalesced into one run. Probes and metrics on METRICS_PORT (/livez, /readyz, "
+        "/metrics).",
     )
     dlq = sub.add_parser(
         "dlq",
@@ -134,6 +149,8 @@ def _run_role(mode: RunMode, settings: Settings) -> int:
         return runner.run_server(settings)
     if mode is RunMode.WORKER:
         return runner.run_worker(settings)
+    if mode is RunMode.SCHEDULER:
+        return runner.run_scheduler(settings)
     return runner.run_both(settings)
 
 

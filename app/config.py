@@ -33,6 +33,7 @@ class RunMode(enum.StrEnum):
     SERVER = "server"
     WORKER = "worker"
     BOTH = "both"
+    SCHEDULER = "scheduler"
 
 
 _NATS_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
@@ -109,7 +110,11 @@ class Settings(BaseSettings):
     )
 
     # -- process role and ports ----------------------------------------------------------------
-    run_mode: RunMode = Field(default=RunMode.SERVER, description="server, worker or both.")
+    run_mode: RunMode = Field(
+        default=RunMode.SERVER,
+        description="server, worker, both (server and worker; the server process also runs "
+        "the scheduler) or scheduler.",
+    )
     host: str = Field(default="0.0.0.0", description="Address the API and metrics servers bind.")
     port: int = Field(default=8000, ge=1, le=65535, description="API port.")
     metrics_port: int = Field(
@@ -166,6 +171,20 @@ class Settings(BaseSettings):
         le=1000,
         description="Most messages a worker fetches in one request (never more than its free "
         "capacity).",
+    )
+
+    # -- delayed and periodic tasks ------------------------------------------------------------
+    max_schedule_delay_seconds: int = Field(
+        default=366 * 86_400,
+        ge=1,
+        description="Longest delay (or farthest ETA) a task may be dispatched with.",
+    )
+    scheduler_interval_seconds: float = Field(
+        default=30,
+        gt=0,
+        le=3600,
+        description="How often the scheduler checks that the periodic schedules are in NATS "
+        "(and re-creates a missing one).",
     )
 
     # -- results -------------------------------------------------------------------------------
@@ -257,6 +276,11 @@ class Settings(BaseSettings):
     # -- JetStream names -----------------------------------------------------------------------
     nats_stream: str = Field(default="kiqstack_tasks", description="Work-queue stream name.")
     nats_subject: str = Field(default="kiqstack.tasks", description="Subject tasks go to.")
+    nats_schedule_subject: str = Field(
+        default="kiqstack.schedules",
+        description="Prefix of the subjects holding schedule definitions in the task stream "
+        "(delayed tasks, retries, periodic schedules: <prefix>.delayed.<id>, ...).",
+    )
     nats_consumer: str = Field(
         default="kiqstack_workers", description="Durable pull consumer shared by all workers."
     )
@@ -365,7 +389,9 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} may only contain letters, digits, '-' and '_'")
         return value
 
-    @field_validator("nats_subject", "nats_dead_letter_subject", mode="after")
+    @field_validator(
+        "nats_subject", "nats_dead_letter_subject", "nats_schedule_subject", mode="after"
+    )
     @classmethod
     def _nats_subject(cls, value: str) -> str:
         if not value or any(c in value for c in " *>\t\r\n") or ".." in value:
@@ -384,6 +410,15 @@ class Settings(BaseSettings):
                 "NATS_DEAD_LETTER_SUBJECT must not be one token below NATS_SUBJECT: "
                 f"{self.nats_dead_letter_subject!r} is the subject of queue {last!r}"
             )
+        schedules = self.nats_schedule_subject
+        for name, subject in (
+            ("NATS_SUBJECT", self.nats_subject),
+            ("NATS_DEAD_LETTER_SUBJECT", self.nats_dead_letter_subject),
+        ):
+            if subject == schedules or subject.startswith(f"{schedules}."):
+                raise ValueError(f"{name} must not be NATS_SCHEDULE_SUBJECT or below it")
+            if schedules.startswith(f"{subject}."):
+                raise ValueError(f"NATS_SCHEDULE_SUBJECT must not be below {name}")
         return self
 
     @model_validator(mode="after")

@@ -39,6 +39,7 @@ from app import metrics
 from app.admission import RejectedDelivery, check_delivery
 from app.config import Settings
 from app.jetstream.inflight import InFlight
+from app.lifecycle.definitions import periodic_run_body, periodic_task_id
 from app.queues import queue_of
 from app.results import result_save_failed
 from app.retry import describe_error
@@ -52,6 +53,8 @@ class Action(enum.Enum):
 
     GIVE_BACK = "give back"
     DEAD_LETTER = "dead-letter"
+    #: Acknowledge without running: the check settled the task itself (e.g. cancelled).
+    DROP = "drop"
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,17 @@ class DeliveryPipeline:
         """
         meta = msg.metadata
         delivered = meta.num_delivered
+        if msg.subject.startswith(f"{self.settings.nats_schedule_subject}."):
+            # A schedule definition: only a consumer without its filter gets one, and an ack
+            # would delete it. Never run or ack it; the next startup re-asserts the filter.
+            self.inflight.release(msg)
+            logger.error(
+                "received schedule definition %s: the worker consumer lost its filter_subject "
+                "(an unfiltered add_consumer?); not acknowledging it; restart the workers",
+                msg.subject,
+            )
+            await msg.nak(delay=self.settings.ack_wait_seconds)
+            return None
         try:
             message = check_delivery(
                 self.formatter, msg.data, (msg.headers or {}).get(TASK_NAME_HEADER)
@@ -142,6 +156,13 @@ class DeliveryPipeline:
         except RejectedDelivery as rejected:
             await self.dead_letter(msg, rejected.reason, rejected.detail)
             return None
+        data = msg.data
+        run_id = periodic_task_id(msg.headers)
+        if run_id is not None:
+            # A tick of a periodic schedule: every tick is a run of its own (same id when the
+            # tick is redelivered).
+            data = periodic_run_body(data, run_id, msg.headers or {})
+            message.task_id = run_id
         task_name = message.task_name
         if delivered > self.settings.max_deliver:
             reason = "unknown-task" if self.find_task(task_name) is None else "max-deliver"
@@ -164,6 +185,9 @@ class DeliveryPipeline:
                 continue
             if refusal.action is Action.DEAD_LETTER:
                 await self.dead_letter(msg, refusal.reason, refusal.detail)
+            elif refusal.action is Action.DROP:
+                self.inflight.release(msg)
+                await msg.ack()
             else:
                 self.inflight.release(msg)
                 await self.give_back(msg, refusal.reason)
@@ -174,7 +198,7 @@ class DeliveryPipeline:
         else:
             waited = time.time() - meta.timestamp.timestamp()
             metrics.QUEUE_WAIT.labels(task_name, queue).observe(max(waited, 0.0))
-        return AckableMessage(data=msg.data, ack=self._settler_of(msg))
+        return AckableMessage(data=data, ack=self._settler_of(msg))
 
     # -- settling -----------------------------------------------------------------------------
     def _settler_of(self, msg: Msg) -> Callable[[], Any]:

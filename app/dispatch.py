@@ -11,7 +11,12 @@ from taskiq.exceptions import SendTaskError
 
 from app import metrics
 from app.broker import KiqBroker
-from app.errors import DispatchError, DispatchUnconfirmedError, PayloadTooLargeError
+from app.errors import (
+    DispatchError,
+    DispatchUnconfirmedError,
+    PayloadTooLargeError,
+    ScheduleError,
+)
 from app.queues import queue_of
 from app.redact import redact
 
@@ -24,6 +29,7 @@ async def dispatch(
     args: list[Any],
     kwargs: dict[str, Any],
     task_id: str | None = None,
+    labels: dict[str, Any] | None = None,
 ) -> str:
     """Record a task (with its queue) so its status reads ``queued``, then publish it.
 
@@ -38,6 +44,7 @@ async def dispatch(
     :param args: positional arguments (already validated).
     :param kwargs: keyword arguments (already validated).
     :param task_id: the id to use (default: a new one).
+    :param labels: extra labels (``delay`` or ``eta``: a delayed task, :mod:`app.lifecycle`).
     :return: the task id.
     :raises PayloadTooLargeError: when the message is over the size limit (nothing was sent).
     :raises DispatchUnconfirmedError: when NATS did not confirm in time (it may be queued).
@@ -64,12 +71,18 @@ async def dispatch(
             reason=f"the result store (Redis) did not record it ({reason}); nothing was queued"
         ) from exc
     try:
-        await task.kicker().with_broker(broker).with_task_id(task_id).kiq(*args, **kwargs)
+        kicker = task.kicker().with_broker(broker).with_task_id(task_id)
+        if labels:
+            kicker = kicker.with_labels(**labels)
+        await kicker.kiq(*args, **kwargs)
     except Exception as kick_error:
         await asyncio.gather(broker.results.forget_dispatch(task_id), return_exceptions=True)
         cause = kick_error.__cause__ if isinstance(kick_error, SendTaskError) else kick_error
         if isinstance(cause, PayloadTooLargeError):
             metrics.DISPATCH_ERRORS.labels(name, queue, "too_large").inc()
+            raise cause from None
+        if isinstance(cause, ScheduleError):
+            metrics.DISPATCH_ERRORS.labels(name, "bad_schedule").inc()
             raise cause from None
         reason = redact(f"{type(cause).__name__}: {cause}".rstrip(": "))
         if isinstance(cause, TimeoutError):

@@ -165,3 +165,25 @@ class InvalidQueueError(AppError, ValueError):
         "invalid queue name {queue!r}: use 1 to 32 lower-case letters, digits, '_' or '-', "
         "starting with a letter or a digit"
     )
+
+
+class TaskFinishedError(AppError):
+    """The task already has a result: it can no longer be cancelled."""
+
+    status_code = 409
+    template = "task {task_id!r} already finished ({status}): it cannot be cancelled"
+
+
+class ScheduleError(AppError):
+    """A delay, an ETA or a periodic schedule that cannot be used."""
+
+    status_code = 422
+    template = "{problem}"
+
+
+class TaskCancelledError(Exception):
+    """Raised inside a task that was cancelled (its result then reads ``cancelled``).
+
+    A task that checks :meth:`app.lifecycle.cancel.Cancellation.raise_if_cancelled` ends with it;
+    a worker that finds a queued task cancelled stores it as the task's result without running it.
+    """

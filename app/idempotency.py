@@ -163,6 +163,7 @@ async def dispatch_once(
     key: str,
     args: list[Any],
     kwargs: dict[str, Any],
+    labels: dict[str, Any] | None = None,
 ) -> Outcome:
     """Queue a task unless the same key already queued it (see the module docstring).
 
@@ -171,6 +172,7 @@ async def dispatch_once(
     :param key: the idempotency key.
     :param args: positional arguments (already validated).
     :param kwargs: keyword arguments (already validated).
+    :param labels: extra labels of the dispatch (a delay).
     :return: the task id, and whether an earlier dispatch queued it.
     :raises IdempotencyKeyReusedError: the key was used with another task or other arguments.
     :raises IdempotencyUnconfirmedError: too late to send an unconfirmed dispatch again.
@@ -182,7 +184,7 @@ async def dispatch_once(
     mine = Record(broker.id_generator(), name, digest, "pending", time.time())
     first = await store.claim(key, mine)
     if first is None:
-        await _send(store, key, mine, broker, task, args, kwargs)
+        await _send(store, key, mine, broker, task, args, kwargs, labels)
         return Outcome(mine.task_id, replayed=False)
     if first.fingerprint != mine.fingerprint:
         raise IdempotencyKeyReusedError(key=key, first=f"task {first.task_name!r}")
@@ -191,7 +193,7 @@ async def dispatch_once(
         if time.time() - first.since < store.republish_window:
             # The first attempt failed, timed out or is still on its way: send the same message
             # again; JetStream drops it if the first one landed.
-            await _send(store, key, first, broker, task, args, kwargs)
+            await _send(store, key, first, broker, task, args, kwargs, labels)
         elif not await store.redis.exists(broker.results.result_key(first.task_id)):
             raise IdempotencyUnconfirmedError(
                 key=key, task_id=first.task_id, window=store.republish_window
@@ -207,9 +209,10 @@ async def _send(
     task: AsyncTaskiqDecoratedTask[Any, Any],
     args: list[Any],
     kwargs: dict[str, Any],
+    labels: dict[str, Any] | None,
 ) -> None:
     try:
-        await dispatch(broker, task, args, kwargs, task_id=record.task_id)
+        await dispatch(broker, task, args, kwargs, task_id=record.task_id, labels=labels)
     except PayloadTooLargeError:
         await store.release(key)  # never sent, and never will be with these arguments
         raise

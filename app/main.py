@@ -26,7 +26,7 @@ from app.api import routers
 from app.api.deps import Kiq, Lifecycle
 from app.api.docs import install_docs
 from app.broker import KiqBroker
-from app.config import Settings, get_settings
+from app.config import RunMode, Settings, get_settings
 from app.errors import AppError, ClientDisconnectedError, describe_errors
 from app.logs import configure_logging
 from app.redact import redact
@@ -189,15 +189,27 @@ def create_app(
 
             probes = ServerProbes(kiq, settings.host, metrics_port)
             await probes.start()
+        scheduler: asyncio.Task[None] | None = None
+        stop_scheduler = asyncio.Event()
         try:
             if not kiq_broker.is_worker_process:
                 lifecycle.broker_started = await _start_unless_stopped(kiq_broker, lifecycle)
+            if settings.run_mode is RunMode.BOTH and lifecycle.broker_started:
+                # RUN_MODE=both: the server process keeps the periodic schedules too.
+                from app.scheduler import Reconciler
+
+                scheduler = asyncio.create_task(
+                    Reconciler(kiq_broker).run(settings.scheduler_interval_seconds, stop_scheduler)
+                )
             if lifecycle.stop_requested.is_set():
                 logger.info("stopped by a signal before the API was ready")
             else:
                 logger.info("kiqstack API %s ready on port %d", __version__, settings.port)
             yield
         finally:
+            stop_scheduler.set()
+            if scheduler is not None:
+                await scheduler
             lifecycle.draining = True
             if lifecycle.broker_started:
                 lifecycle.broker_started = False

@@ -31,6 +31,7 @@ _DURATION_BUCKETS = (
 
 API_REGISTRY = CollectorRegistry(auto_describe=True)
 WORKER_REGISTRY = CollectorRegistry(auto_describe=True)
+SCHEDULER_REGISTRY = CollectorRegistry(auto_describe=True)
 
 # -- API ---------------------------------------------------------------------------------------
 HTTP_REQUESTS = Counter(
@@ -132,6 +133,18 @@ REDELIVERIES = Counter(
     ["task_name", "queue"],
     registry=WORKER_REGISTRY,
 )
+TASK_RETRIES = Counter(
+    "kiqstack_task_retries",
+    "Retries scheduled for tasks that failed with retries left (retry_on_error).",
+    ["task_name"],
+    registry=WORKER_REGISTRY,
+)
+TASKS_CANCELLED = Counter(
+    "kiqstack_tasks_cancelled",
+    "Queued tasks a worker dropped because they were cancelled before they started.",
+    ["task_name"],
+    registry=WORKER_REGISTRY,
+)
 GIVEN_BACK = Counter(
     "kiqstack_tasks_given_back",
     "Messages a worker returned for later redelivery, by reason.",
@@ -165,3 +178,30 @@ def worker_exposition() -> tuple[bytes, str]:
         MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(WORKER_REGISTRY), CONTENT_TYPE_LATEST
+
+
+# -- scheduler -----------------------------------------------------------------------------------
+SCHEDULES = Gauge(
+    "kiqstack_schedules",
+    "Periodic schedules this scheduler declares.",
+    registry=SCHEDULER_REGISTRY,
+)
+SCHEDULE_WRITES = Counter(
+    "kiqstack_schedule_writes",
+    "Schedule definitions written (created, updated) or deleted in NATS, by action.",
+    ["action"],
+    registry=SCHEDULER_REGISTRY,
+)
+SCHEDULER_ERRORS = Counter(
+    "kiqstack_scheduler_errors",
+    "Reconciliations of the schedules that failed.",
+    registry=SCHEDULER_REGISTRY,
+)
+
+
+def scheduler_exposition() -> tuple[bytes, str]:
+    """Render the scheduler metrics.
+
+    :return: body and content type.
+    """
+    return generate_latest(SCHEDULER_REGISTRY), CONTENT_TYPE_LATEST

@@ -116,6 +116,28 @@ def run_server(settings: Settings) -> int:
     return 0 if server.started else 1
 
 
+def run_scheduler(settings: Settings) -> int:
+    """Run the scheduler role (:mod:`app.scheduler`) until SIGTERM.
+
+    :param settings: kiqstack settings.
+    :return: exit code (1 when it could not start, e.g. NATS unreachable in time).
+    """
+    configure_logging(settings)
+    from app.errors import AppError
+    from app.main import import_task_modules
+    from app.scheduler import serve
+    from app.tasks.broker import broker
+
+    broker.configure(settings)
+    import_task_modules(settings)
+    try:
+        asyncio.run(serve(settings, broker))
+    except AppError as exc:
+        logger.critical("scheduler stopped: %s", exc.detail)
+        return 1
+    return 0
+
+
 def worker_command(settings: Settings) -> list[str]:
     """Build the ``taskiq worker`` command line equivalent to ``python -m app worker``.
 

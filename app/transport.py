@@ -10,12 +10,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from nats.aio.msg import Msg
 
 from app.config import Settings
 from app.jetstream.inflight import InFlight
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """A message as the task stream stores it."""
+
+    sequence: int
+    data: bytes
+    headers: dict[str, str]
 
 
 class Transport(Protocol):
@@ -54,6 +64,15 @@ class Transport(Protocol):
 
     async def publish_dead_letter(self, payload: bytes, headers: dict[str, str]) -> None:
         """Store a dead letter; raise when it was not stored."""
+
+    async def purge(self, subject: str) -> int:
+        """Remove every message of the task stream on ``subject``; return how many."""
+
+    async def last_message(self, subject: str) -> StoredMessage | None:
+        """Read the last message of the task stream on ``subject`` (None when there is none)."""
+
+    async def subjects(self, wildcard: str) -> list[str]:
+        """List the subjects of the task stream matching ``wildcard`` that hold messages."""
 
     async def problem(self) -> str | None:
         """Tell what keeps this process from working (None: nothing), for ``/readyz``."""

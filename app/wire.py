@@ -19,6 +19,28 @@ TASK_NAME_HEADER = "Kiq-Task-Name"
 QUEUE_HEADER = "Kiq-Queue"
 #: JetStream de-duplicates on it within the stream's duplicate window: kiqstack sets the task id.
 MSG_ID_HEADER = "Nats-Msg-Id"
+#: Which attempt of a task a message carries (1 = the first; a retry carries 2, 3, ...).
+ATTEMPT_HEADER = "Kiq-Attempt"
+#: The periodic schedule a definition (and every message it generates) belongs to.
+SCHEDULE_NAME_HEADER = "Kiq-Schedule"
+
+# -- JetStream message schedules (a definition in the task stream; nats-server >= 2.12) ------------
+#: The pattern of a definition: ``@at <RFC3339>``, ``@every 5s`` or a 6-field cron expression.
+SCHEDULE_HEADER = "Nats-Schedule"
+#: The subject a definition publishes its messages to (a subject of the same stream).
+SCHEDULE_TARGET_HEADER = "Nats-Schedule-Target"
+#: The time zone of a cron definition.
+SCHEDULE_TIME_ZONE_HEADER = "Nats-Schedule-Time-Zone"
+#: Set by the server on a generated message: the definition's subject, and its next fire time
+#: (RFC3339; the literal ``purge`` for a one-shot ``@at``).
+SCHEDULER_HEADER = "Nats-Scheduler"
+SCHEDULE_NEXT_HEADER = "Nats-Schedule-Next"
+SCHEDULE_NEXT_PURGE = "purge"
+#: Compare-and-set of a publish: the last sequence stored on the subject (0: none).
+EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER = "Nats-Expected-Last-Subject-Sequence"
+#: JetStream's own headers all start with this: they are never copied to another message (a
+#: ``Nats-Scheduler`` header re-published makes the server refuse it, or purge a subject).
+NATS_HEADER_PREFIX = "Nats-"
 
 # -- headers a dead letter carries (set when a worker moves a message to the dead-letter stream) ---
 DEAD_LETTER_REASON_HEADER = "Kiq-Dead-Letter-Reason"
@@ -43,6 +65,9 @@ DEAD_LETTER_DETAIL_LIMIT = 512
 TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 # -- JetStream -------------------------------------------------------------------------------------
+#: Error code of a publish refused because ``Nats-Expected-Last-Subject-Sequence`` did not match.
+ERR_WRONG_LAST_SEQUENCE = 10071
+
 #: Seconds a task stream remembers a ``Nats-Msg-Id`` to drop a duplicate publish.
 DUPLICATE_WINDOW_SECONDS = 120.0
 #: Bytes of a message beyond its payload and header fields (NATS/1.0 status line, separators).
@@ -89,8 +114,10 @@ def dead_letter_headers(
 ) -> dict[str, str]:
     """Build the headers of a dead letter: the original ones with the dead-letter record in place.
 
-    ``Nats-Msg-Id`` is left out (the dead-letter stream must store every copy), and so are the
-    dead-letter headers of an earlier life of the message.
+    JetStream's own headers are left out: ``Nats-Msg-Id`` (the dead-letter stream must store every
+    copy) and the schedule headers of a message a schedule generated (``Nats-Scheduler`` and
+    ``Nats-Schedule-Next``, which the server would refuse or act on); so are the dead-letter
+    headers of an earlier life of the message.
 
     :param original: the headers of the delivery.
     :param reason: short reason (a metric label).
@@ -100,11 +127,7 @@ def dead_letter_headers(
     :param at: epoch seconds of the move.
     :return: the headers to publish the dead letter with.
     """
-    headers = {
-        k: v
-        for k, v in (original or {}).items()
-        if k != MSG_ID_HEADER and k not in DEAD_LETTER_HEADERS
-    }
+    headers = {k: v for k, v in own_headers(original).items() if k not in DEAD_LETTER_HEADERS}
     headers[DEAD_LETTER_REASON_HEADER] = reason
     if detail:
         headers[DEAD_LETTER_DETAIL_HEADER] = " ".join(detail.split())[:DEAD_LETTER_DETAIL_LIMIT]
@@ -122,8 +145,25 @@ def replay_headers(
     :param dead_letter: the headers of the stored dead letter.
     :param task_id: the task's id.
     :param sequence: the dead letter's sequence (a second replay of it is a duplicate).
-    :return: the original headers, without the dead-letter record, with a fresh message id.
+    :return: the original headers, without the dead-letter record and JetStream's own headers,
+        with a fresh message id.
     """
-    headers = {k: v for k, v in (dead_letter or {}).items() if k not in DEAD_LETTER_HEADERS}
+    headers = {k: v for k, v in own_headers(dead_letter).items() if k not in DEAD_LETTER_HEADERS}
     headers[MSG_ID_HEADER] = f"{task_id}:replay:{sequence}"
     return headers
+
+
+def own_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """Drop JetStream's own headers (``Nats-*``) from a message's headers, keeping the rest.
+
+    A copy of a message (dead letter, replay, retry) must never carry them: a ``Nats-Scheduler``
+    header makes the server refuse the publish, or purge the subject it names.
+
+    :param headers: the headers of a message.
+    :return: a new dict without the ``Nats-*`` headers.
+    """
+    return {
+        k: v
+        for k, v in (headers or {}).items()
+        if not k.lower().startswith(NATS_HEADER_PREFIX.lower())
+    }

@@ -17,6 +17,7 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult, TaskiqState
+from taskiq.exceptions import NoResultError
 
 from app import metrics
 from app.broker import KiqBroker
@@ -101,9 +102,14 @@ class TaskMetricsMiddleware(TaskiqMiddleware):
         queue = queue_of(message.labels)
         series = self._of(message.task_name, queue)
         series.duration.observe(duration)
-        outcome = "error" if result.is_err else "success"
+        retrying = isinstance(result.error, NoResultError)  # a retry follows (app.lifecycle)
+        outcome = "retrying" if retrying else "error" if result.is_err else "success"
         (series.failed if result.is_err else series.succeeded).inc()
-        error = f" error={type(result.error).__name__}: {result.error}" if result.is_err else ""
+        error = (
+            f" error={type(result.error).__name__}: {result.error}"
+            if result.is_err and not retrying
+            else ""
+        )
         logger.info(
             "task finished id=%s name=%s queue=%s duration=%.4fs outcome=%s%s",
             message.task_id,

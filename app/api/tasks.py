@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -22,14 +23,19 @@ from app.errors import (
     UnsupportedMediaTypeError,
     describe_errors,
 )
-from app.queues import DEFAULT_QUEUE, queue_of
+from app.lifecycle.cancel import CancelOutcome, cancel_task, is_cancelled_result
+from app.lifecycle.definitions import DELAY_LABEL, ETA_LABEL, due_time
+from app.lifecycle.state import TaskRecord
+from app.queues import queue_of
 from app.schemas import (
+    CancelResponse,
     DispatchRequest,
     DispatchResponse,
     ErrorResponse,
     ProcessResponse,
     TaskError,
     TaskInfo,
+    TaskProgress,
     TaskStatus,
 )
 
@@ -126,11 +132,10 @@ def _parse_dispatch(body: bytes, typed: bool) -> DispatchRequest:
     return request
 
 
-def _queue(record: dict[str, Any] | None, raw: dict[str, Any] | None) -> str | None:
+def _queue(recorded: str | None, raw: dict[str, Any] | None) -> str | None:
     """Find the queue of a task: on its dispatch record, else in its result's labels."""
-    if record is not None:
-        # A record written before queues existed names none: such a task went to ``default``.
-        return str(record.get("queue") or DEFAULT_QUEUE)
+    if recorded is not None:
+        return recorded
     if raw is not None and isinstance(raw.get("labels"), dict):
         return queue_of(raw["labels"])
     return None
@@ -152,11 +157,36 @@ def _status(
         task_id=task_id,
         task_name=task_name,
         queue=queue,
-        status="error" if error else "success",
+        status="cancelled" if is_cancelled_result(raw) else "error" if error else "success",
         result=None if error else raw.get("return_value"),
         error=error,
         execution_time=raw.get("execution_time"),
     )
+
+
+def _record_status(task_id: str, record: TaskRecord) -> TaskStatus:
+    """Build the status of a task from everything Redis holds about it."""
+    status = _status(task_id, record.task_name, record.result, _queue(record.queue, record.result))
+    if record.progress is not None:
+        status.progress = TaskProgress.model_validate(record.progress)
+    status.cancel_requested = record.cancel_requested
+    if record.result is not None:
+        return status
+    state = record.state or {}
+    eta = state.get("eta")
+    due = eta is not None and datetime.fromisoformat(eta.replace("Z", "+00:00")) > datetime.now(UTC)
+    if state.get("status") == "retrying":
+        status.status = "retrying"
+        status.eta = eta
+        status.attempt = state.get("attempt")
+        status.max_retries = state.get("max_retries")
+        status.last_error = TaskError.model_validate(state.get("last_error") or {})
+    elif state.get("status") == "scheduled" and due:
+        status.status = "scheduled"
+        status.eta = eta
+    if status.status == "queued" and record.progress is not None:
+        status.status = "running"
+    return status
 
 
 async def _wait_for(broker: KiqBroker, task_id: str, seconds: float) -> dict[str, Any] | None:
@@ -231,12 +261,13 @@ async def dispatch_task(task_name: str, request: Request, kiq: KiqDep) -> JSONRe
     spec = kiq.catalog.get(task_name)
     body = _parse_dispatch(await _read_body(request, kiq.settings.max_payload_bytes), typed)
     spec.validate(body.args, body.kwargs)
+    labels = _schedule_labels(body, kiq.settings.max_schedule_delay_seconds)
     headers: dict[str, str] = {}
     if key is None:
-        task_id = await dispatch(kiq.broker, spec.task, body.args, body.kwargs)
+        task_id = await dispatch(kiq.broker, spec.task, body.args, body.kwargs, labels=labels)
     else:
         outcome = await idempotency.dispatch_once(
-            kiq.broker, spec.task, key, body.args, body.kwargs
+            kiq.broker, spec.task, key, body.args, body.kwargs, labels=labels
         )
         task_id = outcome.task_id
         if outcome.replayed:
@@ -258,6 +289,19 @@ async def dispatch_task(task_name: str, request: Request, kiq: KiqDep) -> JSONRe
     )
 
 
+def _schedule_labels(body: DispatchRequest, max_delay: int) -> dict[str, Any]:
+    """Build the labels of a delayed dispatch (checked now: 422 before anything is recorded)."""
+    labels: dict[str, Any] = {}
+    if body.delay_seconds is not None:
+        if not math.isfinite(body.delay_seconds):
+            raise InvalidRequestError(problem="body.delay_seconds: must be a finite number")
+        labels[DELAY_LABEL] = body.delay_seconds
+    if body.eta is not None:
+        labels[ETA_LABEL] = body.eta
+    due_time(labels, max_delay)  # raises ScheduleError (422) with the reason
+    return labels
+
+
 def _wait_seconds(raw: str | None) -> float:
     if raw is None or raw == "":
         return 0.0
@@ -277,11 +321,31 @@ def _wait_seconds(raw: str | None) -> float:
 )
 async def get_task(task_id: str, kiq: KiqDep) -> TaskStatus:
     """State and result of a dispatched task."""
-    raw, record = await kiq.broker.results.read_status(task_id)
-    if raw is None and record is None:
+    record = await kiq.broker.results.read_record(task_id)
+    if not record.known:
         raise ResultNotFoundError(task_id=task_id)
-    task_name = record.get("task_name") if record is not None else None
-    return _status(task_id, task_name, raw, _queue(record, raw))
+    return _record_status(task_id, record)
+
+
+@router.delete(
+    "/tasks/{task_id}",
+    response_model=CancelResponse,
+    responses={
+        202: {"model": CancelResponse, "description": "queued or running: cancelling"},
+        404: {"model": ErrorResponse},
+        409: {"model": ErrorResponse, "description": "already finished"},
+    },
+)
+async def cancel(task_id: str, kiq: KiqDep) -> JSONResponse:
+    """Cancel a task: a delayed or queued task never starts; a running task is told.
+
+    200 ``cancelled``: it will never run (it was delayed or waiting for a retry, or is cancelled
+    already). 202 ``cancelling``: it is queued (a worker drops it before it starts) or running (the
+    task sees the request if it checks ``Cancellation``; otherwise it runs to its end).
+    """
+    outcome = await cancel_task(kiq.broker, task_id, require_known=True)
+    code = 200 if outcome is CancelOutcome.CANCELLED else 202
+    return JSONResponse({"task_id": task_id, "status": outcome.value}, status_code=code)
 
 
 @router.post("/process", response_model=ProcessResponse, responses={415: {"model": ErrorResponse}})

@@ -42,13 +42,29 @@ def _value(setting: object) -> object:
     return getattr(setting, "value", setting)
 
 
+def task_subject(settings: Settings, queue: str = DEFAULT_QUEUE) -> str:
+    """Name the subject the tasks of a queue go to (what a delayed task or a retry targets).
+
+    :param settings: kiqstack settings.
+    :param queue: the queue.
+    :return: ``NATS_SUBJECT`` for the default queue, else ``NATS_SUBJECT.<queue>``.
+    """
+    return settings.queue_subject(queue)
+
+
+def schedule_subjects(settings: Settings) -> str:
+    """Name the wildcard of the schedule definitions' subjects (``NATS_SCHEDULE_SUBJECT.>``)."""
+    return f"{settings.nats_schedule_subject}.>"
+
+
 def task_stream_subjects(settings: Settings) -> list[str]:
     """List the subjects of the task stream (the one place they are named).
 
-    :param settings: kiqstack settings (``NATS_SUBJECT``).
-    :return: ``NATS_SUBJECT`` (queue ``default``) and ``<NATS_SUBJECT>.*`` (every other queue).
+    :param settings: kiqstack settings.
+    :return: ``NATS_SUBJECT`` (queue ``default``), ``<NATS_SUBJECT>.*`` (every other queue), then
+        the schedule definitions' ``NATS_SCHEDULE_SUBJECT.>``.
     """
-    return [settings.nats_subject, f"{settings.nats_subject}.*"]
+    return [settings.nats_subject, f"{settings.nats_subject}.*", schedule_subjects(settings)]
 
 
 class Topology:
@@ -85,7 +101,12 @@ class Topology:
         return self.settings.nats_stream
 
     def task_stream_config(self) -> StreamConfig:
-        """Describe the work-queue task stream."""
+        """Describe the work-queue task stream, which also holds the schedule definitions.
+
+        ``allow_msg_schedules``: delayed tasks, retries and periodic schedules are definitions
+        stored on ``NATS_SCHEDULE_SUBJECT.>`` that the server fires itself. No ``max_age`` and no
+        message or byte limits: they would delete definitions without a word.
+        """
         s = self.settings
         return StreamConfig(
             name=s.nats_stream,
@@ -94,6 +115,7 @@ class Topology:
             storage=StorageType.FILE,
             num_replicas=s.nats_stream_replicas,
             duplicate_window=DUPLICATE_WINDOW_SECONDS,
+            allow_msg_schedules=True,
         )
 
     def dead_letter_stream_config(self) -> StreamConfig:
@@ -145,26 +167,24 @@ class Topology:
         :param repairing: log a created stream as the loss it means (NATS lost its data).
         :raises StreamConfigError: when an existing stream cannot serve kiqstack.
         """
-        default = self.worker_consumer_config()
-
-        async def filter_default() -> object:
-            # An older release's consumer takes every subject of the stream: it must be filtered
-            # on the default queue's subject before the stream takes the other queues' subjects
-            # (else it could be handed their tasks) and before another consumer may exist.
-            return await js.add_consumer(stream=self.stream, config=default)
-
+        # An older release's consumer takes every subject of the stream: it gets its filter on the
+        # default queue's subject before the stream takes the other queues' subjects (it could be
+        # handed their tasks) and the schedule subjects (an ack would delete a definition).
         await ensure_stream(
             js,
             self.task_stream_config(),
             work_queue=True,
             repairing=repairing,
-            before_extending=filter_default,
+            before_update=self._filter_default,
         )
         await ensure_stream(
             js, self.dead_letter_stream_config(), work_queue=False, repairing=repairing
         )
         for config in self.consumer_configs():  # ``default`` first
             await js.add_consumer(stream=self.stream, config=config)
+
+    async def _filter_default(self, js: JetStreamContext) -> None:
+        await js.add_consumer(stream=self.stream, config=self.worker_consumer_config())
 
     async def ensure_queue(self, js: JetStreamContext, queue: str) -> None:
         """Create (or update) the consumer of one queue.
@@ -192,7 +212,24 @@ def stream_problems(have: StreamConfig, wanted: StreamConfig) -> list[str]:
         )
     if not set(have.subjects or []) <= set(wanted.subjects or []):
         problems.append(f"subjects are {have.subjects}, kiqstack needs {wanted.subjects}")
+    if wanted.allow_msg_schedules:
+        # A limit deletes schedule definitions: the schedule stops without a word.
+        if have.max_age:
+            problems.append(
+                f"max_age is {have.max_age}s (it would delete delayed tasks and schedules)"
+            )
+        for limit in ("max_msgs", "max_bytes", "max_msgs_per_subject"):
+            value = getattr(have, limit)
+            if value is not None and value > 0:
+                problems.append(f"{limit} is {value} (it would delete delayed tasks and schedules)")
     return problems
+
+
+def needs_update(have: StreamConfig, wanted: StreamConfig) -> bool:
+    """Tell whether a compatible existing stream lacks subjects or schedules kiqstack needs."""
+    return set(have.subjects or []) != set(wanted.subjects or []) or bool(
+        wanted.allow_msg_schedules and not have.allow_msg_schedules
+    )
 
 
 async def ensure_stream(
@@ -201,15 +238,20 @@ async def ensure_stream(
     *,
     work_queue: bool,
     repairing: bool = False,
-    before_extending: Callable[[], Awaitable[object]] | None = None,
-) -> None:
-    """Create a stream, or check that the existing one is compatible (adding missing subjects).
+    before_update: Callable[[JetStreamContext], Awaitable[None]] | None = None,
+) -> bool:
+    """Create a stream, or check that the existing one is compatible and bring it up to date.
+
+    An existing stream of an earlier kiqstack gets the subjects and the message schedules it
+    lacks, in place (its messages are kept). Schedules cannot be switched off again.
 
     :param js: a connected JetStream context.
     :param wanted: the configuration kiqstack needs.
     :param work_queue: the task stream (whose replicas and storage are worth a warning).
     :param repairing: log a created stream as the loss it means.
-    :param before_extending: awaited before subjects are added to an existing stream.
+    :param before_update: called with ``js`` once the stream is known to exist, before it is
+        updated (the consumers get their filters first).
+    :return: True when the stream was created.
     :raises StreamConfigError: when an existing stream cannot serve kiqstack.
     """
     assert wanted.name is not None  # noqa: S101
@@ -225,7 +267,7 @@ async def ensure_stream(
             )
         else:
             logger.info("created JetStream stream %s", wanted.name)
-        return
+        return True
     have = info.config
     problems = stream_problems(have, wanted)
     if problems:
@@ -235,17 +277,18 @@ async def ensure_stream(
             + ". Retention and subjects cannot be changed in place: drain it and delete it "
             "(nats stream rm), or choose another name (NATS_STREAM / NATS_DEAD_LETTER_STREAM)."
         )
-    missing = [subject for subject in wanted.subjects or [] if subject not in (have.subjects or [])]
-    if missing:
-        # An older release's stream: add the subjects in place, keeping every message it holds.
-        if before_extending is not None:
-            await before_extending()
-        have.subjects = [*(have.subjects or []), *missing]
-        await js.update_stream(config=have)
-        logger.info(
-            "JetStream stream %s now also takes %s (its messages are kept)",
+    if before_update is not None:
+        await before_update(js)
+    if needs_update(have, wanted):
+        updated = StreamConfig.from_response(have.as_dict())
+        updated.subjects = list(wanted.subjects or [])
+        updated.allow_msg_schedules = wanted.allow_msg_schedules or have.allow_msg_schedules
+        await js.update_stream(config=updated)
+        logger.warning(
+            "JetStream stream %s updated in place: subjects %s, message schedules %s",
             wanted.name,
-            ", ".join(missing),
+            updated.subjects,
+            "on" if updated.allow_msg_schedules else "off",
         )
     if (
         work_queue
@@ -261,6 +304,7 @@ async def ensure_stream(
             wanted.num_replicas,
             wanted.storage,
         )
+    return False
 
 
 class TopologyWatch:

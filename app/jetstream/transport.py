@@ -10,11 +10,12 @@ message sent again (same ``Nats-Msg-Id``: a duplicate would be dropped).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncGenerator
 
 from nats.aio.msg import Msg
-from nats.js.errors import NoStreamResponseError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
 from app.config import Settings
 from app.jetstream.connection import Connection
@@ -22,6 +23,7 @@ from app.jetstream.consumer import Listener
 from app.jetstream.inflight import InFlight
 from app.jetstream.topology import Topology, TopologyWatch
 from app.retry import describe_error
+from app.transport import StoredMessage
 
 logger = logging.getLogger("kiqstack.broker")
 
@@ -152,6 +154,40 @@ class JetStreamTransport:
         await self.connection.js.publish(
             self.settings.nats_dead_letter_subject, payload=payload, headers=headers
         )
+
+    async def purge(self, subject: str) -> int:
+        """Remove every message of the task stream on ``subject`` (a schedule definition).
+
+        :return: how many were removed (0: none was there, e.g. a delayed task already fired).
+        """
+        request = json.dumps({"filter": subject}).encode()
+        reply = await self.connection.client.request(
+            f"$JS.API.STREAM.PURGE.{self.settings.nats_stream}", request, timeout=5
+        )
+        answer = json.loads(reply.data)
+        if "error" in answer:
+            error = answer["error"]
+            raise APIError(
+                code=error.get("code"),
+                err_code=error.get("err_code"),
+                description=error.get("description"),
+            )
+        return int(answer.get("purged", 0))
+
+    async def last_message(self, subject: str) -> StoredMessage | None:
+        """Read the last message of the task stream on ``subject`` (None when there is none)."""
+        try:
+            raw = await self.connection.js.get_last_msg(self.settings.nats_stream, subject)
+        except NotFoundError:
+            return None
+        return StoredMessage(int(raw.seq or 0), raw.data or b"", dict(raw.headers or {}))
+
+    async def subjects(self, wildcard: str) -> list[str]:
+        """List the subjects of the task stream matching ``wildcard`` that hold messages."""
+        info = await self.connection.js.stream_info(
+            self.settings.nats_stream, subjects_filter=wildcard
+        )
+        return sorted(info.state.subjects or {})
 
     async def problem(self) -> str | None:
         """Check that NATS is connected and the stream and consumers exist (for ``/readyz``)."""

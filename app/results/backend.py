@@ -30,6 +30,7 @@ from taskiq_redis import RedisAsyncResultBackend
 from taskiq_redis.exceptions import ResultIsMissingError
 
 from app.config import Settings
+from app.lifecycle.state import LifecycleRecords, TaskRecord
 from app.results.records import DispatchRecord, DispatchRecords
 from app.results.waiter import ResultWaiter
 from app.results.writer import BatchedWriter
@@ -86,6 +87,7 @@ class KiqResultBackend(RedisAsyncResultBackend[_ReturnType]):
         self.writer = BatchedWriter(self.redis, self.ttl, self.channel)
         self.records = DispatchRecords(self.redis, self.prefix, self.writer)
         self.waiter = ResultWaiter(self.redis, self.channel, self.records.result_key)
+        self.lifecycle = LifecycleRecords(self.redis, self.prefix, self.ttl)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _check_loop(self) -> asyncio.AbstractEventLoop:
@@ -207,6 +209,14 @@ class KiqResultBackend(RedisAsyncResultBackend[_ReturnType]):
     async def forget_dispatch(self, task_id: str) -> None:
         """Drop the dispatch record of a task that could not be queued."""
         await self.records.forget(task_id)
+
+    async def read_record(self, task_id: str) -> TaskRecord:
+        """Read a task's result, dispatch record and lifecycle state in one round trip.
+
+        :param task_id: the task's id.
+        :return: the record (:class:`app.lifecycle.state.TaskRecord`).
+        """
+        return await self.lifecycle.read(task_id, self.meta_key(task_id))
 
     async def read_status(
         self, task_id: str

@@ -50,6 +50,12 @@ async def test_dispatch_then_poll_status(client: httpx.AsyncClient, worker) -> N
         "result": 5,
         "error": None,
         "execution_time": done["execution_time"],
+        "eta": None,
+        "attempt": None,
+        "max_retries": None,
+        "last_error": None,
+        "progress": None,
+        "cancel_requested": False,
     }
 
 

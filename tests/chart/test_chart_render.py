@@ -131,7 +131,6 @@ def test_contract_settings_table_is_the_app_settings() -> None:
 
 # The URLs and the token come from Secrets (test_chart_secrets), by secretKeyRef env entries.
 FROM_SECRETS = {"NATS_URL", "REDIS_URL", "API_TOKEN"}
-# Not mapped by a config.* value: set per worker pool (workers.<name>.queues), never shared.
 
 
 def test_configmap_maps_every_contract_setting(chart: Path) -> None:

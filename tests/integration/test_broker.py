@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import nats
 import pytest
-from nats.js.api import RetentionPolicy, StreamConfig
+from nats.js.api import ConsumerConfig, RetentionPolicy, StreamConfig
 from taskiq.exceptions import SendTaskError
 
 from app.broker import KiqBroker
@@ -19,6 +19,7 @@ from app.errors import (
     StreamConfigError,
 )
 from app.tasks.broker import broker as shared_broker
+from app.tasks.broker import build_broker
 from app.tasks.example import example_task, noop, risky_task
 from scripts.localinfra import free_port
 from tests.support.stack import Stack
@@ -96,6 +97,46 @@ async def test_incompatible_existing_stream_fails_startup(settings: Settings) ->
     assert "retention is limits, kiqstack needs workqueue" in message
 
 
+async def test_a_stream_of_an_earlier_version_is_updated_in_place(
+    settings: Settings, stack: Stack
+) -> None:
+    """Upgrade: a stream without schedules and an unfiltered consumer, with a task queued."""
+    conn = await nats.connect(settings.nats_url)
+    try:
+        js = conn.jetstream()
+        await js.add_stream(
+            StreamConfig(
+                name=settings.nats_stream,
+                subjects=[settings.nats_subject],
+                retention=RetentionPolicy.WORK_QUEUE,
+            )
+        )
+        await js.add_consumer(
+            settings.nats_stream, ConsumerConfig(durable_name=settings.nats_consumer)
+        )
+    finally:
+        await conn.close()
+    broker = build_broker(settings)
+    await broker.startup()
+    try:
+        queued = await broker.find_task("kiqstack.echo").kiq("before")  # type: ignore[union-attr]
+        delayed = await broker.find_task("kiqstack.echo").kicker().with_labels(delay=1).kiq("after")  # type: ignore[union-attr]
+        conn = await nats.connect(settings.nats_url)
+        try:
+            js = conn.jetstream()
+            stream = await js.stream_info(settings.nats_stream)
+            consumer = await js.consumer_info(settings.nats_stream, settings.nats_consumer)
+        finally:
+            await conn.close()
+        assert stream.config.allow_msg_schedules is True
+        assert consumer.config.filter_subject == settings.nats_subject
+        stack.role("worker")
+        assert (await queued.wait_result(timeout=60)).return_value == "before"
+        assert (await delayed.wait_result(timeout=60)).return_value == "after"
+    finally:
+        await broker.shutdown()
+
+
 async def test_startup_creates_work_queue_stream_and_consumer(settings: Settings) -> None:
     broker = KiqBroker(settings)
     await broker.startup()
@@ -109,7 +150,13 @@ async def test_startup_creates_work_queue_stream_and_consumer(settings: Settings
     finally:
         await conn.close()
     assert stream.config.retention == RetentionPolicy.WORK_QUEUE
-    assert stream.config.subjects == [settings.nats_subject, f"{settings.nats_subject}.*"]
+    assert stream.config.subjects == [
+        settings.nats_subject,
+        f"{settings.nats_subject}.*",
+        f"{settings.nats_schedule_subject}.>",
+    ]
+    assert stream.config.allow_msg_schedules is True
+    assert consumer.config.filter_subject == settings.nats_subject
     assert consumer.config.durable_name == settings.nats_consumer
     assert consumer.config.filter_subject == settings.nats_subject
     assert consumer.config.ack_wait == settings.ack_wait_seconds

@@ -23,6 +23,7 @@ from typing import Any
 
 import fakeredis
 from nats.aio.msg import Msg
+from nats.js.errors import APIError
 
 from app.broker import KiqBroker
 from app.config import Settings
@@ -31,7 +32,17 @@ from app.queues import DEFAULT_QUEUE, queue_consumer
 from app.results import KiqResultBackend
 from app.tasks.broker import broker as shared_broker
 from app.tasks.broker import build_broker
-from app.wire import MSG_ID_HEADER
+from app.transport import StoredMessage
+from app.wire import (
+    ERR_WRONG_LAST_SEQUENCE,
+    EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER,
+    MSG_ID_HEADER,
+    SCHEDULE_HEADER,
+    SCHEDULE_NEXT_HEADER,
+    SCHEDULE_NEXT_PURGE,
+    SCHEDULE_TARGET_HEADER,
+    SCHEDULER_HEADER,
+)
 
 ACK, NAK, PROGRESS = b"", b"-NAK", b"+WPI"
 
@@ -95,6 +106,8 @@ class MemoryTransport:
     ensured: list[str] = field(default_factory=list)
     #: What was published on a queue no worker of these settings serves, by queue.
     unserved: dict[str, list[Published]] = field(default_factory=dict)
+    #: Schedule definitions stored, by subject (a second one on a subject replaces the first).
+    definitions: dict[str, StoredMessage] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.inflight = InFlight(self.settings.ack_wait_seconds)
@@ -129,6 +142,14 @@ class MemoryTransport:
     async def publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
         if self.fail_publish is not None:
             raise self.fail_publish
+        if SCHEDULE_HEADER in headers:  # a definition: stored, fired by fire()
+            expected = headers.get(EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER)
+            last = self.definitions.get(subject)
+            if expected is not None and int(expected) != (last.sequence if last else 0):
+                raise APIError(err_code=ERR_WRONG_LAST_SEQUENCE, description="wrong last sequence")
+            self._sequence += 1
+            self.definitions[subject] = StoredMessage(self._sequence, payload, dict(headers))
+            return
         msg_id = headers.get(MSG_ID_HEADER)
         if msg_id is not None:
             if msg_id in self.msg_ids:  # JetStream's duplicate window drops it
@@ -148,6 +169,16 @@ class MemoryTransport:
         self.dead_letters.append(
             Published(self.settings.nats_dead_letter_subject, payload, dict(headers))
         )
+
+    async def purge(self, subject: str) -> int:
+        return 1 if self.definitions.pop(subject, None) is not None else 0
+
+    async def last_message(self, subject: str) -> StoredMessage | None:
+        return self.definitions.get(subject)
+
+    async def subjects(self, wildcard: str) -> list[str]:
+        prefix = wildcard.removesuffix(">")
+        return sorted(s for s in self.definitions if s.startswith(prefix))
 
     async def problem(self) -> str | None:
         return self.trouble if self.connected else "disconnected"
@@ -181,6 +212,20 @@ class MemoryTransport:
         base = self.settings.nats_subject
         return subject.removeprefix(f"{base}.") if subject != base else DEFAULT_QUEUE
 
+    def fire(self, subject: str, next_tick: str = SCHEDULE_NEXT_PURGE) -> Msg:
+        """Do what the server does when a definition is due: publish its copy to the target.
+
+        An ``@at`` definition (``next_tick`` ``purge``) is removed; a periodic one stays.
+        """
+        stored = self.definitions[subject]
+        if next_tick == SCHEDULE_NEXT_PURGE:
+            del self.definitions[subject]
+        headers = {k: v for k, v in stored.headers.items() if not k.startswith("Nats-")}
+        headers.update({SCHEDULER_HEADER: subject, SCHEDULE_NEXT_HEADER: next_tick})
+        target = stored.headers[SCHEDULE_TARGET_HEADER]
+        self.published.append(Published(target, stored.data, dict(headers)))
+        return self.deliver(stored.data, headers, subject=target)
+
     @property
     def queue(self) -> asyncio.Queue[Msg]:
         """Deliveries waiting for a receiver (made in the running event loop)."""
@@ -196,15 +241,23 @@ class MemoryTransport:
         delivered: int = 1,
         timestamp_ns: int = 1_700_000_000_000_000_000,
         queue: str = DEFAULT_QUEUE,
+        subject: str | None = None,
     ) -> Msg:
-        """A JetStream delivery of ``payload`` (not queued), acked through :attr:`client`."""
+        """A JetStream delivery of ``payload`` (not queued), acked through :attr:`client`.
+
+        On ``queue``'s subject, or on ``subject`` (then of the queue that subject belongs to).
+        """
         self._sequence += 1
         s, seq = self.settings, self._sequence
+        if subject is None:
+            subject = s.queue_subject(queue)
+        else:
+            queue = self.queue_of_subject(subject)
         where = f"{s.nats_stream}.{queue_consumer(s.nats_consumer, queue)}"
         reply = f"$JS.ACK.{where}.{delivered}.{seq}.{seq}.{timestamp_ns}.0"
         return Msg(
             _client=self.client,  # type: ignore[arg-type]
-            subject=s.queue_subject(queue),
+            subject=subject,
             reply=reply,
             data=payload,
             headers=dict(headers) if headers else None,

@@ -55,6 +55,7 @@ def unique_names(tag: str = "t") -> dict[str, str]:
         "NATS_STREAM": f"kq_{suffix}",
         "NATS_SUBJECT": f"kq.{suffix}.tasks",
         "NATS_CONSUMER": f"kqw_{suffix}",
+        "NATS_SCHEDULE_SUBJECT": f"kq.{suffix}.schedules",
         "NATS_DEAD_LETTER_STREAM": f"kqdl_{suffix}",
         "NATS_DEAD_LETTER_SUBJECT": f"kq.{suffix}.dead",
         "RESULT_KEY_PREFIX": f"kq:{suffix}",
@@ -218,7 +219,7 @@ def result_of(
             # (404) until the redelivered task stores its result.
             return None
         body: dict[str, Any] = response.json()
-        return body if body["status"] != "queued" else None
+        return body if body["status"] in ("success", "error", "cancelled") else None
 
     return poll(finished, timeout, lambda: f"task {task_id} still unfinished")
 

@@ -202,7 +202,7 @@ async def test_redis_failure_is_503(client: httpx.AsyncClient, broker: KiqBroker
     async def down(task_id: str) -> None:
         raise RedisConnectionError("gone")
 
-    broker.results.read_status = down  # type: ignore[assignment, method-assign]
+    broker.results.read_record = down  # type: ignore[assignment, method-assign]
     answer = await client.get("/tasks/some-id")
     assert answer.status_code == 503
     assert "result store (Redis) unavailable" in answer.json()["detail"]

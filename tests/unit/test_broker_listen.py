@@ -20,6 +20,7 @@ from app.config import Settings, load_settings
 from app.jetstream.transport import JetStreamTransport
 from app.tasks import example as _example_tasks  # noqa: F401 - registers the tasks
 from app.tasks.broker import broker as shared_broker
+from tests.support.memory import memory_backend
 
 STREAM, CONSUMER = "kq_unit", "kqw_unit"
 _sequence = 0
@@ -114,6 +115,8 @@ async def started(broker: KiqBroker, client: ScriptedClient) -> KiqBroker:
 @pytest.fixture
 async def broker(settings: Settings) -> AsyncIterator[KiqBroker]:
     shared_broker.configure(settings)
+    # Admission asks the result store for a cancel flag: fakeredis, not a Redis server.
+    shared_broker.result_backend = memory_backend(settings)
     yield shared_broker
     transport(shared_broker).inflight.stop()
     transport(shared_broker).inflight.clear()

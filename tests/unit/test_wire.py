@@ -60,15 +60,21 @@ def test_topology_of_the_settings(settings: Settings) -> None:
     topology = Topology(settings)
     tasks = topology.task_stream_config()
     assert tasks.retention == RetentionPolicy.WORK_QUEUE
-    assert tasks.subjects == [settings.nats_subject, f"{settings.nats_subject}.*"]
+    assert tasks.subjects == [
+        settings.nats_subject,
+        f"{settings.nats_subject}.*",
+        f"{settings.nats_schedule_subject}.>",
+    ]
     assert tasks.subjects == task_stream_subjects(settings)
+    assert tasks.allow_msg_schedules is True
+    assert not tasks.max_age
     assert tasks.duplicate_window == 120
     dead = topology.dead_letter_stream_config()
     assert dead.retention == RetentionPolicy.LIMITS
     assert dead.max_age == settings.dead_letter_max_age_seconds
     [consumer] = topology.consumer_configs()
     assert consumer.durable_name == settings.nats_consumer
-    assert consumer.filter_subject == settings.nats_subject
+    assert consumer.filter_subject == settings.nats_subject  # never a schedule definition
     assert consumer.max_deliver == settings.max_deliver + 1
     assert consumer.ack_wait == settings.ack_wait_seconds
     assert topology.consumer_names() == [settings.nats_consumer]
