@@ -18,6 +18,9 @@ Environment:
   E2E_NATS_SELECTOR label selector of the NATS pods in the namespace
                     [app.kubernetes.io/name=nats,app.kubernetes.io/instance=<release>]
   E2E_ARTIFACTS     where pod logs are written when a test failed [.tmp/e2e-artifacts]
+  E2E_NETWORK_POLICY  enforced (the cluster's CNI enforces NetworkPolicies: kind's kindnetd, the CI
+                    cluster's kube-network-policies) | unenforced (the tests that need enforcement
+                    are skipped) [enforced]
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
+from e2e.probes import ProbePods
 from e2e.support import (
     Api,
     Kube,
@@ -149,3 +153,11 @@ def ack_wait_seconds(kube: Kube, target: Target, api: Api) -> float:
         for deployment in (target.server, target.worker):
             wait_rollout(kube, target, deployment)
     return float(E2E_ACK_WAIT_SECONDS)
+
+
+@pytest.fixture(scope="session")
+def probe_pods(kube: Kube, target: Target) -> Iterator[ProbePods]:
+    """Sleeping pods of the release's image to probe the network from (deleted at the end)."""
+    pods = ProbePods(kube, target)
+    yield pods
+    pods.close()

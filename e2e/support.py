@@ -76,12 +76,14 @@ class Kube:
     apps: client.AppsV1Api = field(init=False)
     autoscaling: client.AutoscalingV2Api = field(init=False)
     custom: client.CustomObjectsApi = field(init=False)
+    networking: client.NetworkingV1Api = field(init=False)
 
     def __post_init__(self) -> None:
         self.core = client.CoreV1Api(self.api_client)
         self.apps = client.AppsV1Api(self.api_client)
         self.autoscaling = client.AutoscalingV2Api(self.api_client)
         self.custom = client.CustomObjectsApi(self.api_client)
+        self.networking = client.NetworkingV1Api(self.api_client)
 
 
 class PortForward:
@@ -604,8 +606,16 @@ def kiqstack_pods(kube: Kube, target: Target) -> list[client.V1Pod]:
     ]
 
 
-def helm_upgrade(target: Target, *settings: str, timeout: str = "10m") -> None:
-    """`helm upgrade --reuse-values --set ... --wait` of the release under test (E2E_CHART)."""
+def helm_upgrade(
+    target: Target,
+    *settings: str,
+    json_settings: dict[str, Any] | None = None,
+    timeout: str = "10m",
+) -> None:
+    """`helm upgrade --reuse-values --set ... --set-json ... --wait` of the release under test
+    (E2E_CHART). ``json_settings`` maps value paths to JSON values (lists, objects): a value is
+    restored by setting it to the chart's default, as `--set key=null` does not undo a former
+    `--set` under `--reuse-values`."""
     helm = shutil.which(os.environ.get("E2E_HELM", "helm"))
     chart = os.environ.get("E2E_CHART", "chart")
     if helm is None:
@@ -620,6 +630,8 @@ def helm_upgrade(target: Target, *settings: str, timeout: str = "10m") -> None:
     if target.context:
         cmd += ["--kube-context", target.context]
     cmd += ["--reuse-values", *(a for s in settings for a in ("--set", s))]
+    for key, value in (json_settings or {}).items():
+        cmd += ["--set-json", f"{key}={json.dumps(value)}"]
     cmd += ["--wait", "--timeout", timeout]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"
