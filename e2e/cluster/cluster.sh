@@ -116,7 +116,8 @@ int main(void) {
   for (;;) pause();
 }
 EOC
-  nice -n 19 gcc -Os -static -o $MISC_DIR/pause $d/pause.c && strip $MISC_DIR/pause; rm -rf $d
+  local rc=0; nice -n 19 gcc -Os -static -o $MISC_DIR/pause $d/pause.c && strip $MISC_DIR/pause || rc=$?
+  rm -rf $d; return $rc  # (a failed gcc must fail the build, not leave a missing pause)
 }
 
 # The Go environment of every build: caches under $CACHE, static binaries, the toolchain of the
@@ -172,16 +173,37 @@ go_install() {  # DIR PACKAGE@VERSION [LDFLAGS]
   GOBIN=$out nice -n 19 $GO install -trimpath -ldflags "$ld" "$pkg"
 }
 
-build_tools() {
+build_metrics_server() {
   [ -x $MS_DIR/metrics-server ] || go_install $MS_DIR sigs.k8s.io/metrics-server/cmd/metrics-server@$METRICS_SERVER_VERSION \
     "-X sigs.k8s.io/metrics-server/pkg/version.gitVersion=$METRICS_SERVER_VERSION"
-  [ -x $NATS_DIR/nats-server ] || go_install $NATS_DIR github.com/nats-io/nats-server/v2@$NATS_SERVER_VERSION
+}
+build_nats_server() { [ -x $NATS_DIR/nats-server ] || go_install $NATS_DIR github.com/nats-io/nats-server/v2@$NATS_SERVER_VERSION; }
+build_helm() {
   [ -x $HELM_DIR/helm ] || go_install $HELM_DIR helm.sh/helm/v4/cmd/helm@$HELM_VERSION \
     "-X helm.sh/helm/v4/internal/version.version=$HELM_VERSION"
-  if [ ! -x $NETPOL_DIR/kube-network-policies ]; then  # its main package is ./cmd: `go install` names it cmd
-    go_install $NETPOL_DIR sigs.k8s.io/kube-network-policies/cmd@$NETPOL_VERSION
-    mv $NETPOL_DIR/cmd $NETPOL_DIR/kube-network-policies
-  fi
+}
+build_netpol() {
+  [ -x $NETPOL_DIR/kube-network-policies ] && return 0
+  go_install $NETPOL_DIR sigs.k8s.io/kube-network-policies/cmd@$NETPOL_VERSION
+  mv $NETPOL_DIR/cmd $NETPOL_DIR/kube-network-policies  # its main package is ./cmd: `go install` names it cmd
+}
+
+# The builds run side by side, each logging to $CACHE/log/NAME.log: on 2 cores a lone Go build leaves
+# a core idle while it downloads modules and while it links, and the Debian download needs no CPU.
+BG_JOBS=()
+bg() {  # NAME FUNCTION: run FUNCTION in the background
+  local name=$1; shift
+  (t=$SECONDS; "$@"; log "$name ready in $((SECONDS - t)) s") > $CACHE/log/$name.log 2>&1 &
+  BG_JOBS+=("$!:$name")
+}
+bg_wait() {  # wait for every job; show the log of each that failed
+  local job failed=""
+  for job in "${BG_JOBS[@]}"; do
+    if wait "${job%%:*}"; then tail -n 1 $CACHE/log/${job#*:}.log >&2
+    else failed="$failed ${job#*:}"; log "${job#*:} FAILED:"; tail -n 40 $CACHE/log/${job#*:}.log >&2; fi
+  done
+  BG_JOBS=()
+  [ -z "$failed" ] || die "build failed:$failed (logs in $CACHE/log)"
 }
 
 link_bins() {
@@ -198,12 +220,16 @@ link_bins() {
 build() {
   need_root
   local t0=$SECONDS
-  mkdir -p $CACHE
+  mkdir -p $CACHE/log
   apt_deps
-  build_kubernetes
-  debian_sid_bins
-  build_tools
-  pause_bin
+  bg kubernetes build_kubernetes
+  bg helm build_helm
+  bg metrics-server build_metrics_server
+  bg kube-network-policies build_netpol
+  bg nats-server build_nats_server
+  bg debian-sid debian_sid_bins
+  bg pause pause_bin
+  bg_wait
   link_bins
   check_bins
   versions | tee $CACHE/VERSIONS >&2
