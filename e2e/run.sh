@@ -193,7 +193,9 @@ for dep in yaml.safe_load((root / "Chart.yaml").read_text())["dependencies"]:
 EOF
 }
 
-random_secret() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
+# A letter first: nats-server parses the value of a `$NATS_PASSWORD` reference as a config value, so
+# hex that starts with digits can read as a number (`8e21ab...` is a float: the server exits).
+random_secret() { printf 'kiq%s' "$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"; }
 
 deploy_harness() {
   log "deploying the harness's NATS ($E2E_NATS_IMAGE) and Valkey ($E2E_VALKEY_IMAGE) in $E2E_NAMESPACE"

@@ -378,6 +378,29 @@ def wait_rollout(kube: Kube, target: Target, deployment: str, timeout: float = 3
         time.sleep(2.0)
 
 
+def settled_pods(
+    kube: Kube, target: Target, component: str, minimum: int = 1, timeout: float = 300.0
+) -> list[client.V1Pod]:
+    """The ready pods of one component once its Deployment has settled (:func:`wait_rollout`)
+    and at least ``minimum`` of them are ready.
+
+    Tests call this instead of reading :func:`ready_pods` once: the test before may have deleted
+    worker pods, restarted NATS (the pods are not ready until they reconnect) or upgraded the
+    release, so the pods a test needs may still be on their way. Fails after ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    deployment = target.server if component == "server" else target.worker
+    wait_rollout(kube, target, deployment, timeout=timeout)
+    while True:
+        pods = ready_pods(kube, target, component)
+        if len(pods) >= minimum:
+            return pods
+        assert time.monotonic() < deadline, (
+            f"{len(pods)} ready {component} pod(s), {minimum} needed, after {timeout:.0f}s"
+        )
+        time.sleep(2.0)
+
+
 def rollout_restart(kube: Kube, target: Target, deployment: str) -> None:
     """What `kubectl rollout restart deployment/<name>` does: stamp the pod template."""
     now = dt.datetime.now(dt.UTC).isoformat()

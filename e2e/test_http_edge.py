@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from e2e.probes import ProbePods, check
-from e2e.support import Api, Kube, Target, metric_sum, ready_pods, scrape_pod
+from e2e.support import Api, Kube, Target, metric_sum, ready_pods, scrape_pod, settled_pods
 
 pytestmark = pytest.mark.e2e
 
@@ -41,6 +41,7 @@ def test_slowloris_clients_are_cut_off_and_livez_keeps_answering(
     ports = {p.name: p.port for p in service.spec.ports}
     host = f"{target.server}.{target.namespace}.svc"
     pod = probe_pods.pod("e2e-slowloris")
+    settled_pods(kube, target, "server")  # every server pod counts, none is on its way
     before = _header_timeouts(kube, target, ports["http-metrics"])
 
     give_up = header_timeout + 60

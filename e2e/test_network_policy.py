@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from e2e.probes import ProbePods, check, eventually, run_checks
-from e2e.support import Kube, Target, helm_upgrade, ready_pods
+from e2e.support import Kube, Target, helm_upgrade, settled_pods
 
 pytestmark = pytest.mark.e2e
 
@@ -61,17 +61,11 @@ def enforced() -> None:
 
 @pytest.fixture(scope="module")
 def release(kube: Kube, target: Target) -> Release:
-    # (the pods may still be getting ready again after the NATS data-loss test)
-    servers, workers = eventually(
-        lambda: tuple(
-            [pod.metadata.name for pod in ready_pods(kube, target, role)]
-            for role in ("server", "worker")
-        ),
-        lambda pods: all(pods),
-        "ready server and worker pods",
-        timeout=180,
+    # (the pods may still be getting ready again after the test before: NATS restarted, workers
+    # deleted, an upgrade)
+    server, worker = (
+        settled_pods(kube, target, role)[0].metadata.name for role in ("server", "worker")
     )
-    server = servers[0]
     # NATS_URL / REDIS_URL of the server pod itself: subcharts, harness or external servers alike
     found = check(target, target.namespace, server, "endpoints", container="server")
     service = kube.core.read_namespaced_service(target.server, target.namespace)
@@ -83,7 +77,7 @@ def release(kube: Kube, target: Target) -> Release:
         api=Endpoint(host, ports["http"]),
         metrics=Endpoint(host, ports["http-metrics"]),
         server_pod=server,
-        worker_pod=workers[0],
+        worker_pod=worker,
     )
 
 

@@ -75,6 +75,26 @@ def test_collect_only_collects_the_whole_suite() -> None:
     assert re.search(rf"\b{len(collected)} tests collected", done.stdout)
 
 
+def _collected_modules(env: dict[str, str]) -> list[str]:
+    done = _pytest("--collect-only", "-q", "e2e/", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    modules: list[str] = []
+    for line in done.stdout.splitlines():
+        module = line.split("::", 1)[0]
+        if "::" in line and module not in modules:
+            modules.append(module)
+    return modules
+
+
+def test_e2e_order_reverse_runs_the_modules_backwards(tmp_path: Path) -> None:
+    forward = _collected_modules(_no_cluster_env(tmp_path))
+    assert forward == sorted(forward)
+    assert _collected_modules(_no_cluster_env(tmp_path, E2E_ORDER="reverse")) == forward[::-1]
+    done = _pytest("--collect-only", "-q", "e2e/", env=_no_cluster_env(tmp_path, E2E_ORDER="x"))
+    assert done.returncode != 0
+    assert "E2E_ORDER must be forward or reverse" in done.stdout + done.stderr
+
+
 def test_every_e2e_test_carries_the_marker() -> None:
     done = _pytest("--collect-only", "-q", "-m", "not e2e", "e2e/")
     assert re.search(r"0 selected|no tests collected", done.stdout + done.stderr), done.stdout
