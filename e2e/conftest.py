@@ -18,6 +18,13 @@ Environment:
   E2E_NATS_SELECTOR label selector of the NATS pods in the namespace
                     [app.kubernetes.io/name=nats,app.kubernetes.io/instance=<release>]
   E2E_ARTIFACTS     where pod logs are written when a test failed [.tmp/e2e-artifacts]
+  E2E_NETWORK_POLICY  enforced (the cluster's CNI enforces NetworkPolicies: kind's kindnetd, the CI
+                    cluster's kube-network-policies) | unenforced (the tests that need enforcement
+                    are skipped) [enforced]
+  E2E_ORDER         forward | reverse: run the test modules in reverse order (the tests of each
+                    module keep theirs), to check that no test depends on what the ones before it
+                    left behind (pods still restarting after NATS was deleted, workers replaced,
+                    an upgrade rolling) [forward]
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
+from e2e.probes import ProbePods
 from e2e.support import (
     Api,
     Kube,
@@ -45,6 +53,19 @@ from e2e.support import (
 # ACK_WAIT_SECONDS of the resilience tests: a killed worker's tasks are redelivered after 20 s
 # instead of the chart's default 300 s, so "nothing is lost" is proven in minutes.
 E2E_ACK_WAIT_SECONDS = 20
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """E2E_ORDER=reverse: the modules in reverse order, each module's tests in their own."""
+    order = os.environ.get("E2E_ORDER", "forward")
+    if order not in ("forward", "reverse"):
+        raise pytest.UsageError(f"E2E_ORDER must be forward or reverse, not {order!r}")
+    if order == "forward":
+        return
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+    items[:] = [item for module in reversed(modules.values()) for item in module]
 
 
 def _fullname(release: str) -> str:
@@ -149,3 +170,11 @@ def ack_wait_seconds(kube: Kube, target: Target, api: Api) -> float:
         for deployment in (target.server, target.worker):
             wait_rollout(kube, target, deployment)
     return float(E2E_ACK_WAIT_SECONDS)
+
+
+@pytest.fixture(scope="session")
+def probe_pods(kube: Kube, target: Target) -> Iterator[ProbePods]:
+    """Sleeping pods of the release's image to probe the network from (deleted at the end)."""
+    pods = ProbePods(kube, target)
+    yield pods
+    pods.close()

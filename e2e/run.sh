@@ -3,13 +3,16 @@
 # context) run this script; .ci/run runs it on its own cluster (e2e/cluster/ci.sh).
 #
 #   1. the cluster: E2E_CLUSTER=kind creates the kind cluster from e2e/kind-config.yaml (or reuses one of
-#      the same name), builds the image, `kind load`s it and installs metrics-server;
-#      E2E_CLUSTER=existing uses the current context (or E2E_KUBE_CONTEXT) as it is: the image
-#      E2E_IMAGE:E2E_TAG must be pullable by (or loaded into) the cluster and metrics-server installed
+#      the same name), builds the kiqstack image and the example task package's image FROM it
+#      (examples/acme-tasks), `kind load`s the latter and installs metrics-server;
+#      E2E_CLUSTER=existing uses the current context (or E2E_KUBE_CONTEXT) as it is: the example image
+#      E2E_IMAGE:E2E_TAG (`make example-image`) must be pullable by (or loaded into) the cluster, and
+#      metrics-server installed
 #   2. NATS and Valkey: E2E_DEPS=subcharts builds the chart's dependencies (`helm dependency build`);
 #      E2E_DEPS=harness deploys e2e/harness/ instead (no chart repository needed), with generated
 #      credentials handed to the release through an existing Secret
-#   3. `helm upgrade --install --wait` with E2E_VALUES, then `helm test --logs`
+#   3. `helm upgrade --install --wait` with E2E_VALUES and e2e/example-values.yaml (TASK_MODULES with the
+#      example package's module), then `helm test --logs`
 #   4. `pytest e2e/` (E2E_REQUIRE=1: a missing cluster or release fails instead of skipping)
 #   on failure: pod logs, events and descriptions go to $E2E_ARTIFACTS (and a summary to stdout)
 #   at the end: delete the kind cluster if this script created it, unless KEEP_CLUSTER=1
@@ -25,12 +28,15 @@
 #   KEEP_CLUSTER     1 = keep the kind cluster this script created [0]
 #   E2E_KUBE_CONTEXT kube context of E2E_CLUSTER=existing [the current one]
 #   E2E_RELEASE      Helm release [kiqstack]          E2E_NAMESPACE  namespace [kiqstack]
-#   E2E_IMAGE        image repository [kiqstack]      E2E_TAG        image tag [e2e-<git sha>-<time>; required
-#                                                                     with E2E_CLUSTER=existing]
+#   E2E_IMAGE        repository of the example task package's image the release runs [kiqstack/acme-tasks]
+#   E2E_TAG          its tag [e2e-<git sha>-<time>; required with E2E_CLUSTER=existing]
+#   E2E_BASE_IMAGE   repository of the kiqstack image kind builds it FROM [kiqstack] (tag E2E_TAG)
 #   E2E_VALUES       values file of the release [kind: e2e/values.yaml, existing: e2e/existing-values.yaml]
 #   E2E_NATS_IMAGE   NATS image of the harness [nats:2.14.2-alpine]
 #   E2E_VALKEY_IMAGE Valkey image of the harness [valkey/valkey:9.1.1]
 #   SKIP_BUILD       1 = do not build; E2E_IMAGE:E2E_TAG must exist locally (kind) [0]
+#   E2E_NETWORK_POLICY enforced | unenforced: whether the cluster's CNI enforces NetworkPolicies (kind's
+#                    kindnetd does); unenforced skips the tests that need it [enforced]
 #   E2E_ARTIFACTS    where failure logs go [.tmp/e2e-artifacts]
 #   HELM_TIMEOUT     timeout of helm install/upgrade/test [10m]
 #   PYTHON           Python for pytest [.venv/bin/python, else python3]
@@ -45,7 +51,8 @@ KIND_CLUSTER="${KIND_CLUSTER:-kiqstack-e2e}"
 KEEP_CLUSTER="${KEEP_CLUSTER:-0}"
 E2E_RELEASE="${E2E_RELEASE:-kiqstack}"
 E2E_NAMESPACE="${E2E_NAMESPACE:-kiqstack}"
-E2E_IMAGE="${E2E_IMAGE:-kiqstack}"
+E2E_IMAGE="${E2E_IMAGE:-kiqstack/acme-tasks}"
+E2E_BASE_IMAGE="${E2E_BASE_IMAGE:-kiqstack}"
 E2E_NATS_IMAGE="${E2E_NATS_IMAGE:-nats:2.14.2-alpine}"
 E2E_VALKEY_IMAGE="${E2E_VALKEY_IMAGE:-valkey/valkey:9.1.1}"
 E2E_ARTIFACTS="${E2E_ARTIFACTS:-.tmp/e2e-artifacts}"
@@ -97,7 +104,7 @@ require_tools() {
     || die "$PYTHON lacks pytest/kubernetes: run 'make install' or set PYTHON"
   [[ -n "$KUBE_CONTEXT" ]] || die "no kube context: set E2E_KUBE_CONTEXT or select one (kubectl config use-context)"
   if [[ "$E2E_CLUSTER" == existing && -z "${E2E_TAG:-}" ]]; then
-    die "E2E_CLUSTER=existing needs E2E_TAG (and E2E_IMAGE): an image of this checkout the cluster can pull or has loaded"
+    die "E2E_CLUSTER=existing needs E2E_TAG (and E2E_IMAGE): the example task package image of this checkout (make example-image) that the cluster can pull or has loaded"
   fi
 }
 
@@ -122,9 +129,11 @@ build_and_load_image() {
     E2E_TAG="e2e-$(git rev-parse --short=12 HEAD 2>/dev/null || echo nogit)-$(date +%Y%m%d%H%M%S)"
   fi
   if [[ "$SKIP_BUILD" != 1 ]]; then
-    log "building ${E2E_IMAGE}:${E2E_TAG}"
-    DOCKER_BUILDKIT=1 docker build --tag "${E2E_IMAGE}:${E2E_TAG}" \
+    log "building ${E2E_BASE_IMAGE}:${E2E_TAG}, then ${E2E_IMAGE}:${E2E_TAG} FROM it (examples/acme-tasks)"
+    DOCKER_BUILDKIT=1 docker build --tag "${E2E_BASE_IMAGE}:${E2E_TAG}" \
       --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || true)" .
+    DOCKER_BUILDKIT=1 docker build --tag "${E2E_IMAGE}:${E2E_TAG}" \
+      --build-arg KIQSTACK_IMAGE="${E2E_BASE_IMAGE}:${E2E_TAG}" examples/acme-tasks
   fi
   log "loading ${E2E_IMAGE}:${E2E_TAG} into kind cluster $KIND_CLUSTER"
   kind load docker-image "${E2E_IMAGE}:${E2E_TAG}" --name "$KIND_CLUSTER"
@@ -184,7 +193,9 @@ for dep in yaml.safe_load((root / "Chart.yaml").read_text())["dependencies"]:
 EOF
 }
 
-random_secret() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
+# A letter first: nats-server parses the value of a `$NATS_PASSWORD` reference as a config value, so
+# hex that starts with digits can read as a number (`8e21ab...` is a float: the server exits).
+random_secret() { printf 'kiq%s' "$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"; }
 
 deploy_harness() {
   log "deploying the harness's NATS ($E2E_NATS_IMAGE) and Valkey ($E2E_VALKEY_IMAGE) in $E2E_NAMESPACE"
@@ -220,7 +231,7 @@ prepare_dependencies() {
 # --- the release --------------------------------------------------------------------------------
 
 install_release() {
-  local values=(--values "$E2E_VALUES")
+  local values=(--values "$E2E_VALUES" --values e2e/example-values.yaml)
   [[ "$E2E_DEPS" == harness ]] && values+=(--values e2e/harness/values.yaml)
   log "helm upgrade --install $E2E_RELEASE (namespace $E2E_NAMESPACE, ${values[*]})"
   h upgrade --install "$E2E_RELEASE" "$CHART_DIR" \
@@ -254,6 +265,7 @@ run_pytest() {
     E2E_CHART="$CHART_DIR" \
     E2E_NATS_SELECTOR="$nats_selector" \
     E2E_ARTIFACTS="$E2E_ARTIFACTS" \
+    E2E_NETWORK_POLICY="${E2E_NETWORK_POLICY:-enforced}" \
     "$PYTHON" -m pytest e2e/ -m e2e -v -rs -p no:cacheprovider "${args[@]}"
 }
 

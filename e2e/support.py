@@ -76,12 +76,14 @@ class Kube:
     apps: client.AppsV1Api = field(init=False)
     autoscaling: client.AutoscalingV2Api = field(init=False)
     custom: client.CustomObjectsApi = field(init=False)
+    networking: client.NetworkingV1Api = field(init=False)
 
     def __post_init__(self) -> None:
         self.core = client.CoreV1Api(self.api_client)
         self.apps = client.AppsV1Api(self.api_client)
         self.autoscaling = client.AutoscalingV2Api(self.api_client)
         self.custom = client.CustomObjectsApi(self.api_client)
+        self.networking = client.NetworkingV1Api(self.api_client)
 
 
 class PortForward:
@@ -376,6 +378,29 @@ def wait_rollout(kube: Kube, target: Target, deployment: str, timeout: float = 3
         time.sleep(2.0)
 
 
+def settled_pods(
+    kube: Kube, target: Target, component: str, minimum: int = 1, timeout: float = 300.0
+) -> list[client.V1Pod]:
+    """The ready pods of one component once its Deployment has settled (:func:`wait_rollout`)
+    and at least ``minimum`` of them are ready.
+
+    Tests call this instead of reading :func:`ready_pods` once: the test before may have deleted
+    worker pods, restarted NATS (the pods are not ready until they reconnect) or upgraded the
+    release, so the pods a test needs may still be on their way. Fails after ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    deployment = target.server if component == "server" else target.worker
+    wait_rollout(kube, target, deployment, timeout=timeout)
+    while True:
+        pods = ready_pods(kube, target, component)
+        if len(pods) >= minimum:
+            return pods
+        assert time.monotonic() < deadline, (
+            f"{len(pods)} ready {component} pod(s), {minimum} needed, after {timeout:.0f}s"
+        )
+        time.sleep(2.0)
+
+
 def rollout_restart(kube: Kube, target: Target, deployment: str) -> None:
     """What `kubectl rollout restart deployment/<name>` does: stamp the pod template."""
     now = dt.datetime.now(dt.UTC).isoformat()
@@ -604,8 +629,16 @@ def kiqstack_pods(kube: Kube, target: Target) -> list[client.V1Pod]:
     ]
 
 
-def helm_upgrade(target: Target, *settings: str, timeout: str = "10m") -> None:
-    """`helm upgrade --reuse-values --set ... --wait` of the release under test (E2E_CHART)."""
+def helm_upgrade(
+    target: Target,
+    *settings: str,
+    json_settings: dict[str, Any] | None = None,
+    timeout: str = "10m",
+) -> None:
+    """`helm upgrade --reuse-values --set ... --set-json ... --wait` of the release under test
+    (E2E_CHART). ``json_settings`` maps value paths to JSON values (lists, objects): a value is
+    restored by setting it to the chart's default, as `--set key=null` does not undo a former
+    `--set` under `--reuse-values`."""
     helm = shutil.which(os.environ.get("E2E_HELM", "helm"))
     chart = os.environ.get("E2E_CHART", "chart")
     if helm is None:
@@ -620,6 +653,8 @@ def helm_upgrade(target: Target, *settings: str, timeout: str = "10m") -> None:
     if target.context:
         cmd += ["--kube-context", target.context]
     cmd += ["--reuse-values", *(a for s in settings for a in ("--set", s))]
+    for key, value in (json_settings or {}).items():
+        cmd += ["--set-json", f"{key}={json.dumps(value)}"]
     cmd += ["--wait", "--timeout", timeout]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"

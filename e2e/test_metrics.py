@@ -18,6 +18,7 @@ from e2e.support import (
     sampling,
     scrape_pod,
     scrape_service,
+    settled_pods,
 )
 
 pytestmark = pytest.mark.e2e
@@ -46,6 +47,7 @@ def _queue_pending(kube: Kube, target: Target, queue: str = "default") -> float 
 
 
 def test_server_metrics_through_the_service(api: Api, kube: Kube, target: Target) -> None:
+    servers = settled_pods(kube, target, "server")
     api.wait_for(api.dispatch(ADD, 1, 1))  # at least one dispatch and one status read
     # The Service's metrics port answers (whichever server pod it picks)...
     text = scrape_service(kube, target, target.server, "http-metrics")
@@ -54,7 +56,7 @@ def test_server_metrics_through_the_service(api: Api, kube: Kube, target: Target
     # ...and the pod that served the requests above counted them (scrapes of the metrics port
     # are not API requests, so a pod that served none has no samples yet).
     names: set[str] = set()
-    for pod in ready_pods(kube, target, "server"):
+    for pod in servers:
         names |= metric_names(scrape_pod(kube, target, pod.metadata.name, SERVER_METRICS_PORT))
     for name in (
         "kiqstack_http_requests_total",
@@ -64,10 +66,9 @@ def test_server_metrics_through_the_service(api: Api, kube: Kube, target: Target
 
 
 def test_server_metrics_count_dispatches(api: Api, kube: Kube, target: Target) -> None:
+    pods = settled_pods(kube, target, "server")
     for _ in range(10):
         api.dispatch(ADD, 1, 2)
-    pods = ready_pods(kube, target, "server")
-    assert pods, "no ready server pods"
     total = sum(
         metric_sum(
             scrape_pod(kube, target, pod.metadata.name, SERVER_METRICS_PORT),
@@ -80,6 +81,7 @@ def test_server_metrics_count_dispatches(api: Api, kube: Kube, target: Target) -
 
 
 def test_worker_metrics_on_every_worker_pod(api: Api, kube: Kube, target: Target) -> None:
+    settled_pods(kube, target, "worker")
     api.wait_for(api.dispatch(ADD, 2, 2))
     texts = _worker_texts(kube, target)
     assert texts, "no ready worker pods"

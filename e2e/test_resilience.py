@@ -24,6 +24,7 @@ from e2e.support import (
     concurrent_runs,
     ready_pods,
     rollout_restart,
+    settled_pods,
     wait_rollout,
 )
 
@@ -93,7 +94,7 @@ def test_tasks_as_long_as_ack_wait_run_once(
     api: Api, kube: Kube, target: Target, ack_wait_seconds: float
 ) -> None:
     """No disruption: running tasks are kept alive, so each one runs exactly once."""
-    assert len(ready_pods(kube, target, "worker")) >= 2, "needs two ready workers"
+    settled_pods(kube, target, "worker", minimum=2)  # needs two ready workers
     with WorkerLogs(kube, target) as logs:
         task_ids = api.dispatch_many((SLEEP, (ack_wait_seconds,)) for _ in range(LONG_TASKS))
         results = api.wait_all(task_ids, timeout=300)
@@ -113,8 +114,8 @@ def test_tasks_as_long_as_ack_wait_run_once(
 def test_worker_pod_deleted_mid_burst_loses_nothing(
     api: Api, kube: Kube, target: Target, ack_wait_seconds: float, grace_period: int | None
 ) -> None:
-    workers = ready_pods(kube, target, "worker")
-    assert len(workers) >= 2, "needs two ready workers (worker.autoscaling.minReplicas: 2)"
+    # needs two ready workers (worker.autoscaling.minReplicas: 2)
+    workers = settled_pods(kube, target, "worker", minimum=2)
     victim = workers[0].metadata.name
 
     def delete_one_worker() -> None:
@@ -132,8 +133,7 @@ def test_worker_pod_deleted_mid_burst_loses_nothing(
 def test_rollout_restart_of_workers_mid_burst_loses_nothing(
     api: Api, kube: Kube, target: Target, ack_wait_seconds: float
 ) -> None:
-    before = {p.metadata.uid for p in ready_pods(kube, target, "worker")}
-    assert before, "no ready worker pods"
+    before = {p.metadata.uid for p in settled_pods(kube, target, "worker")}
 
     _burst_with_disruption(api, kube, target, lambda: rollout_restart(kube, target, target.worker))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from e2e.support import ADD, Api, Kube, Target, helm_upgrade, ready_pods, wait_rollout
+from e2e.support import ADD, Api, Kube, Target, helm_upgrade, ready_pods, settled_pods, wait_rollout
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +30,7 @@ def test_helm_upgrade_with_a_changed_setting_rolls_the_pods(
     old_level = _log_level(kube, target)
     new_level = "DEBUG" if old_level != "DEBUG" else "INFO"
     before = {
-        component: {p.metadata.uid for p in ready_pods(kube, target, component)}
+        component: {p.metadata.uid for p in settled_pods(kube, target, component)}
         for component in ("server", "worker")
     }
     annotations_before = {

@@ -8,11 +8,11 @@ KIND_CLUSTER ?= kiqstack-e2e
 KIND_DEV_CLUSTER ?= kiqstack-dev
 
 .PHONY: e2e
-e2e: install ## kind e2e: cluster, image, metrics-server, helm install, helm test, pytest e2e/ (KEEP_CLUSTER=1 keeps it).
+e2e: install ## kind e2e: cluster, images (kiqstack + the example task package), metrics-server, helm install, helm test, pytest e2e/ (KEEP_CLUSTER=1 keeps it).
 	E2E_CLUSTER=kind KIND_CLUSTER=$(KIND_CLUSTER) PYTHON=$(PY) bash e2e/run.sh
 
 .PHONY: e2e-existing
-e2e-existing: install ## The same on the current kube context: helm install, helm test, pytest e2e/ (needs E2E_IMAGE/E2E_TAG the cluster can pull, metrics-server).
+e2e-existing: install ## The same on the current kube context: helm install, helm test, pytest e2e/ (needs E2E_IMAGE/E2E_TAG: the example image of `make example-image` the cluster can pull; metrics-server; a CNI enforcing NetworkPolicies, else E2E_NETWORK_POLICY=unenforced).
 	E2E_CLUSTER=existing PYTHON=$(PY) bash e2e/run.sh
 
 .PHONY: dev-cluster

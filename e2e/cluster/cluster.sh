@@ -16,7 +16,8 @@
 #
 # Components: etcd, kube-apiserver (with the aggregation layer for metrics-server),
 # kube-controller-manager, kube-scheduler, containerd 2 + runc, kubelet, kube-proxy (nftables), a CNI
-# bridge, dnsmasq as cluster DNS (fed from Services), metrics-server. Kubernetes, metrics-server,
+# bridge, dnsmasq as cluster DNS (fed from Services), metrics-server, kube-network-policies (enforces
+# NetworkPolicies, as kind's kindnetd does). Kubernetes, metrics-server, kube-network-policies,
 # nats-server (for the e2e harness image) and Helm 4 are compiled from the Go module proxy; containerd,
 # etcd and the CNI plugins are Debian unstable's binary packages (unpacked, not installed); runc is
 # the host's. Needs root; no container registry (images are built locally and loaded).
@@ -33,6 +34,7 @@ K8S_VERSION=${K8S_VERSION:-v1.36.3}
 METRICS_SERVER_VERSION=${METRICS_SERVER_VERSION:-v0.8.0}   # = metrics-server chart 3.13.x (e2e/run.sh, kind)
 NATS_SERVER_VERSION=${NATS_SERVER_VERSION:-v2.14.2}        # = appVersion of the nats chart in chart/Chart.yaml
 HELM_VERSION=${HELM_VERSION:-v4.2.4}                       # = .github/workflows/e2e.yml
+NETPOL_VERSION=${NETPOL_VERSION:-v0.8.0}                   # sigs.k8s.io/kube-network-policies (kindnetd's engine)
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CACHE=${KIQSTACK_K8S_CACHE:-/var/tmp/kiqstack-k8s}
@@ -41,6 +43,7 @@ K8S_DIR=$CACHE/kubernetes-$K8S_VERSION
 MS_DIR=$CACHE/metrics-server-$METRICS_SERVER_VERSION
 NATS_DIR=$CACHE/nats-server-$NATS_SERVER_VERSION
 HELM_DIR=$CACHE/helm-$HELM_VERSION
+NETPOL_DIR=$CACHE/kube-network-policies-$NETPOL_VERSION
 DEB_DIR=$CACHE/debian-sid            # containerd, etcd, CNI plugins (DEBIAN-PACKAGES lists the versions)
 MISC_DIR=$CACHE/misc                 # pause
 R=$CACHE/run; P=$R/pki; STATE=/run/kiqstack-k8s
@@ -49,8 +52,10 @@ API_PORT=46443; ETCD_PORT=42379; ETCD_PEER=42380; KUBELET_PORT=41250
 SOCK=$STATE/containerd.sock; CG=kiqstack-k8s   # cgroup parent of every pod
 PAUSE_IMAGE=kiqstack-k8s.local/pause:1
 METRICS_SERVER_IMAGE=kiqstack-k8s.local/metrics-server:$METRICS_SERVER_VERSION
+NETPOL_IMAGE=kiqstack-k8s.local/kube-network-policies:$NETPOL_VERSION
+NETPOL_QUEUE=98; NETPOL_METRICS=127.0.0.1:41281   # its NFQUEUE number and metrics address (host network)
 K8S_BINS="kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl"
-ALL_BINS="$K8S_BINS etcd containerd containerd-shim-runc-v2 ctr helm metrics-server nats-server pause"
+ALL_BINS="$K8S_BINS etcd containerd containerd-shim-runc-v2 ctr helm metrics-server kube-network-policies nats-server pause"
 export KUBECONFIG=$R/kubeconfig PATH=$BIN:$PATH
 [[ "$CACHE" != *[[:space:]]* ]] || { echo "KIQSTACK_K8S_CACHE may not contain white space" >&2; exit 2; }
 
@@ -111,7 +116,8 @@ int main(void) {
   for (;;) pause();
 }
 EOC
-  nice -n 19 gcc -Os -static -o $MISC_DIR/pause $d/pause.c && strip $MISC_DIR/pause; rm -rf $d
+  local rc=0; nice -n 19 gcc -Os -static -o $MISC_DIR/pause $d/pause.c && strip $MISC_DIR/pause || rc=$?
+  rm -rf $d; return $rc  # (a failed gcc must fail the build, not leave a missing pause)
 }
 
 # The Go environment of every build: caches under $CACHE, static binaries, the toolchain of the
@@ -167,12 +173,54 @@ go_install() {  # DIR PACKAGE@VERSION [LDFLAGS]
   GOBIN=$out nice -n 19 $GO install -trimpath -ldflags "$ld" "$pkg"
 }
 
-build_tools() {
+build_metrics_server() {
   [ -x $MS_DIR/metrics-server ] || go_install $MS_DIR sigs.k8s.io/metrics-server/cmd/metrics-server@$METRICS_SERVER_VERSION \
     "-X sigs.k8s.io/metrics-server/pkg/version.gitVersion=$METRICS_SERVER_VERSION"
-  [ -x $NATS_DIR/nats-server ] || go_install $NATS_DIR github.com/nats-io/nats-server/v2@$NATS_SERVER_VERSION
+}
+build_nats_server() { [ -x $NATS_DIR/nats-server ] || go_install $NATS_DIR github.com/nats-io/nats-server/v2@$NATS_SERVER_VERSION; }
+build_helm() {
   [ -x $HELM_DIR/helm ] || go_install $HELM_DIR helm.sh/helm/v4/cmd/helm@$HELM_VERSION \
     "-X helm.sh/helm/v4/internal/version.version=$HELM_VERSION"
+}
+build_netpol() {
+  [ -x $NETPOL_DIR/kube-network-policies ] && return 0
+  go_install $NETPOL_DIR sigs.k8s.io/kube-network-policies/cmd@$NETPOL_VERSION
+  mv $NETPOL_DIR/cmd $NETPOL_DIR/kube-network-policies  # its main package is ./cmd: `go install` names it cmd
+}
+
+# The builds in the background, each logging to $CACHE/log/NAME.log. The Go builds run one after the
+# other: they share many dependencies (client-go, gRPC, Prometheus, golang.org/x/...), which the build
+# cache then compiles once; side by side each compiled them again (measured on 2 cores, cold: helm alone
+# took 15 min beside the others, against about 11 min for all five in a row). The Debian download and
+# the pause binary (no Go) run beside them.
+BG_JOBS=()
+bg() {  # NAME:FUNCTION...: the FUNCTIONs one after the other, in the background; stops at the first failure
+  local step names=""
+  for step in "$@"; do names="$names ${step%%:*}"; done
+  (
+    for step in "$@"; do
+      exec > $CACHE/log/${step%%:*}.log 2>&1
+      t=$SECONDS
+      "${step#*:}"
+      log "${step%%:*} ready in $((SECONDS - t)) s"
+    done
+  ) &
+  BG_JOBS+=("$!:${names# }")
+}
+bg_wait() {  # wait for every job; show the log of the step that failed
+  local job name failed=""
+  for job in "${BG_JOBS[@]}"; do
+    if wait "${job%%:*}"; then
+      for name in ${job#*:}; do tail -n 1 $CACHE/log/$name.log >&2; done
+      continue
+    fi
+    for name in ${job#*:}; do
+      tail -n 1 $CACHE/log/$name.log 2>/dev/null | grep -q "$name ready in" && { tail -n 1 $CACHE/log/$name.log >&2; continue; }
+      failed="$failed $name"; log "$name FAILED:"; tail -n 40 $CACHE/log/$name.log >&2 || true; break
+    done
+  done
+  BG_JOBS=()
+  [ -z "$failed" ] || die "build failed:$failed (logs in $CACHE/log)"
 }
 
 link_bins() {
@@ -182,18 +230,20 @@ link_bins() {
   for b in containerd containerd-shim-runc-v2 ctr etcd; do ln -s $DEB_DIR/$b $BIN/$b; done
   for b in bridge host-local loopback portmap; do ln -s $DEB_DIR/cni/$b $BIN/cni/$b; done
   ln -s $MS_DIR/metrics-server $BIN/; ln -s $NATS_DIR/nats-server $BIN/; ln -s $HELM_DIR/helm $BIN/
+  ln -s $NETPOL_DIR/kube-network-policies $BIN/
   ln -s $MISC_DIR/pause $BIN/
 }
 
 build() {
   need_root
   local t0=$SECONDS
-  mkdir -p $CACHE
+  mkdir -p $CACHE/log
   apt_deps
-  build_kubernetes
-  debian_sid_bins
-  build_tools
-  pause_bin
+  rm -f $CACHE/log/*.log
+  bg kubernetes:build_kubernetes metrics-server:build_metrics_server kube-network-policies:build_netpol \
+    helm:build_helm nats-server:build_nats_server
+  bg debian-sid:debian_sid_bins pause:pause_bin
+  bg_wait
   link_bins
   check_bins
   versions | tee $CACHE/VERSIONS >&2
@@ -208,7 +258,8 @@ versions() {
   printf '%-16s %s\n' kubectl "$($BIN/kubectl version --client 2>/dev/null | head -1)" \
     etcd "$($BIN/etcd --version | head -1)" containerd "$($BIN/containerd --version)" \
     runc "$(runc --version | head -1)" helm "$($BIN/helm version --short 2>/dev/null)" \
-    metrics-server "$METRICS_SERVER_VERSION" nats-server "$($BIN/nats-server --version)"
+    metrics-server "$METRICS_SERVER_VERSION" kube-network-policies "$NETPOL_VERSION" \
+    nats-server "$($BIN/nats-server --version)"
 }
 
 # ---------------------------------------------------------------- up
@@ -282,6 +333,44 @@ network() {
     iptables -C FORWARD $d $BR -m comment --comment kiqstack-k8s -j ACCEPT 2>/dev/null ||
       iptables -I FORWARD 1 $d $BR -m comment --comment kiqstack-k8s -j ACCEPT
   done
+}
+
+# NetworkPolicies: kube-network-policies as a DaemonSet on the host network, then the netfilter hook
+# that hands it the first packet of each new connection of a pod.
+netpol() {
+  ctr -a $SOCK -n k8s.io images ls -q | grep -qx "$NETPOL_IMAGE" ||
+    oci_import $NETPOL_IMAGE /kube-network-policies $BIN/kube-network-policies
+  sed -e "s|@IMAGE@|$NETPOL_IMAGE|" -e "s|@QUEUE@|$NETPOL_QUEUE|" -e "s|@METRICS_ADDRESS@|$NETPOL_METRICS|" \
+    "$HERE/kube-network-policies.yaml" | kubectl apply -f - >/dev/null
+  kubectl -n kube-system rollout status daemonset/kube-network-policies --timeout=180s >&2
+  # its informers are in sync and it listens on its queue (the kernel lists bound queues)
+  wait_for 60 "awk '\$1 == $NETPOL_QUEUE' /proc/net/netfilter/nfnetlink_queue | grep -q ."
+  netpol_hook
+}
+
+# kube-network-policies hooks itself into netfilter with an nftables table whose rules use the `queue`
+# expression. A kernel built without it (CONFIG_NFT_QUEUE unset, and no modules to load: this CI
+# machine's VM kernel) refuses that table; the controller only logs the error, and then no packet
+# reaches it and nothing is enforced. There the same packets go to its queue through the xtables
+# NFQUEUE target (nft_compat): the first packet of every connection forwarded from or to a pod, i.e.
+# all pod-to-pod traffic, Services included (DNAT happens before). The node's own traffic (kubelet
+# probes, the API server's proxy) is not forwarded, as kube-network-policies' table accepts root's.
+# No --queue-bypass: without a listener the packets are dropped (its default, --fail-open=false).
+netpol_hook() {
+  if unshare -n sh -c 'nft add table inet q && nft add chain inet q c "{ type filter hook forward priority 0; }" &&
+      nft add rule inet q c queue num 1' 2>/dev/null; then
+    log "NetworkPolicies enforced by kube-network-policies $NETPOL_VERSION (its own nftables queue rules)"
+    return 0
+  fi
+  local d
+  for d in -i -o; do
+    iptables -t mangle -C FORWARD $d $BR -m conntrack ! --ctstate ESTABLISHED,RELATED \
+      -m comment --comment kiqstack-k8s -j NFQUEUE --queue-num $NETPOL_QUEUE 2>/dev/null ||
+      iptables -t mangle -A FORWARD $d $BR -m conntrack ! --ctstate ESTABLISHED,RELATED \
+        -m comment --comment kiqstack-k8s -j NFQUEUE --queue-num $NETPOL_QUEUE
+  done
+  log "NetworkPolicies enforced by kube-network-policies $NETPOL_VERSION (this kernel has no nftables" \
+    "queue expression: new pod connections reach its queue $NETPOL_QUEUE through iptables NFQUEUE)"
 }
 
 up() {
@@ -410,6 +499,7 @@ EOC
     kubectl apply -f - >/dev/null
   kubectl -n kube-system rollout status deployment/metrics-server --timeout=180s >&2
   kubectl wait --for=condition=Available apiservice/v1beta1.metrics.k8s.io --timeout=180s >&2
+  netpol
   kubectl get nodes -o wide >&2
   log "up in $((SECONDS - t0)) s"
   env_line
@@ -455,7 +545,12 @@ down() {
   for p in $(pgrep -f "containerd-shim-runc-v2 .*-address $SOCK" 2>/dev/null); do kill -9 $p 2>/dev/null; done  # our shims only
   stop apiserver kube-apiserver; stop etcd etcd
   nft delete table ip kube-proxy 2>/dev/null; nft delete table ip6 kube-proxy 2>/dev/null
-  for t in -i -o; do while iptables -D FORWARD $t $BR -m comment --comment kiqstack-k8s -j ACCEPT 2>/dev/null; do :; done; done
+  nft delete table inet kube-network-policies 2>/dev/null
+  for t in -i -o; do
+    while iptables -D FORWARD $t $BR -m comment --comment kiqstack-k8s -j ACCEPT 2>/dev/null; do :; done
+    while iptables -t mangle -D FORWARD $t $BR -m conntrack ! --ctstate ESTABLISHED,RELATED \
+      -m comment --comment kiqstack-k8s -j NFQUEUE --queue-num $NETPOL_QUEUE 2>/dev/null; do :; done
+  done
   mount | awk -v a="$R/" -v b="$STATE/" 'index($3,a)==1 || index($3,b)==1 {print $3}' | sort -r | xargs -r -n1 umount -l 2>/dev/null
   ip link del $BR 2>/dev/null
   for c in /sys/fs/cgroup/*/$CG /sys/fs/cgroup/$CG; do [ -d $c ] && find $c -depth -type d -exec rmdir {} \; 2>/dev/null; done
@@ -475,6 +570,11 @@ status() {
 logs() {  # the last lines of every component's log (for CI failures)
   local f
   for f in $R/*.log; do [ -f "$f" ] && { printf '=== %s\n' "$f"; tail -n ${LINES:-25} "$f"; }; done
+  if alive apiserver; then
+    echo "=== kube-system pods (metrics-server, kube-network-policies)"
+    kubectl -n kube-system logs daemonset/kube-network-policies --tail=${LINES:-25} 2>&1
+    kubectl -n kube-system logs deployment/metrics-server --tail=${LINES:-25} 2>&1
+  fi
   return 0
 }
 

@@ -32,6 +32,13 @@ REQUIRED_TESTS = [
     "test_tasks_as_long_as_ack_wait_run_once",
     "test_nats_restarted_without_its_data_new_tasks_succeed",
     "test_every_log_line_of_every_kiqstack_pod_is_one_json_object",
+    "test_release_pods_reach_nats_and_valkey[server]",
+    "test_nats_and_valkey_refuse_clients_without_credentials",
+    "test_pods_outside_the_release_cannot_reach_nats_or_valkey[same-namespace]",
+    "test_pods_outside_the_release_cannot_reach_nats_or_valkey[other-namespace]",
+    "test_api_and_metrics_ports_admit_what_the_values_allow",
+    "test_slowloris_clients_are_cut_off_and_livez_keeps_answering",
+    "test_invoice_total_error_is_the_tasks_result",
 ]
 
 # Scripts of the e2e suite: the shared kind / existing-cluster runner and the CI cluster's.
@@ -66,6 +73,26 @@ def test_collect_only_collects_the_whole_suite() -> None:
     missing = [t for t in REQUIRED_TESTS if t not in names]
     assert not missing, f"not collected: {missing}\n{done.stdout}"
     assert re.search(rf"\b{len(collected)} tests collected", done.stdout)
+
+
+def _collected_modules(env: dict[str, str]) -> list[str]:
+    done = _pytest("--collect-only", "-q", "e2e/", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    modules: list[str] = []
+    for line in done.stdout.splitlines():
+        module = line.split("::", 1)[0]
+        if "::" in line and module not in modules:
+            modules.append(module)
+    return modules
+
+
+def test_e2e_order_reverse_runs_the_modules_backwards(tmp_path: Path) -> None:
+    forward = _collected_modules(_no_cluster_env(tmp_path))
+    assert forward == sorted(forward)
+    assert _collected_modules(_no_cluster_env(tmp_path, E2E_ORDER="reverse")) == forward[::-1]
+    done = _pytest("--collect-only", "-q", "e2e/", env=_no_cluster_env(tmp_path, E2E_ORDER="x"))
+    assert done.returncode != 0
+    assert "E2E_ORDER must be forward or reverse" in done.stdout + done.stderr
 
 
 def test_every_e2e_test_carries_the_marker() -> None:
@@ -122,6 +149,11 @@ def test_run_script_and_make_agree_on_names() -> None:
     assert 'kind) E2E_VALUES="${E2E_VALUES:-e2e/values.yaml}"' in script
     assert 'existing) E2E_VALUES="${E2E_VALUES:-e2e/existing-values.yaml}"' in script
     assert "--values e2e/harness/values.yaml" in script
+    assert '--values "$E2E_VALUES" --values e2e/example-values.yaml' in script
+    # kind builds the example task package's image FROM the kiqstack image it just built
+    assert '--build-arg KIQSTACK_IMAGE="${E2E_BASE_IMAGE}:${E2E_TAG}" examples/acme-tasks' in script
+    ci = (ROOT / "e2e" / "cluster" / "ci.sh").read_text()
+    assert "make example-image " in ci
     assert "KEEP_CLUSTER" in script
     assert re.search(r"^e2e: .*\n\tE2E_CLUSTER=kind ", makefiles, re.MULTILINE)
     assert re.search(r"^e2e-existing: .*\n\tE2E_CLUSTER=existing ", makefiles, re.MULTILINE)
@@ -156,7 +188,12 @@ def test_kind_node_image_is_pinned_to_the_kind_release_default() -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["e2e/harness/nats.yaml", "e2e/harness/valkey.yaml", "e2e/cluster/metrics-server.yaml"],
+    [
+        "e2e/harness/nats.yaml",
+        "e2e/harness/valkey.yaml",
+        "e2e/cluster/metrics-server.yaml",
+        "e2e/cluster/kube-network-policies.yaml",
+    ],
 )
 def test_manifests_of_the_harness_and_the_ci_cluster_are_valid(path: str) -> None:
     """The manifests e2e/run.sh and e2e/cluster/cluster.sh apply, placeholders filled in, are
@@ -169,6 +206,8 @@ def test_manifests_of_the_harness_and_the_ci_cluster_are_valid(path: str) -> Non
         "@VALKEY_IMAGE@": "valkey/valkey:9.1.1",
         "@IMAGE@": "metrics-server:v0.8.0",
         "@KUBELET_PORT@": "10250",
+        "@QUEUE@": "98",
+        "@METRICS_ADDRESS@": "127.0.0.1:41281",
     }.items():
         text = text.replace(placeholder, value)
     assert not re.search(r"@[A-Z_]+@", text), "an unknown placeholder is left"

@@ -12,14 +12,21 @@ from typing import Any
 import helm_python
 import jsonschema
 import pytest
+import yaml
 
 from tests.chart.chartlib import CHART_DIR, render_objects, validate_schema
 from tests.ci.conftest import ROOT, find, load_yaml
+
+
+def load_yaml_all(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
 
 VALUES_FILES = [
     "chart/values-dev.yaml",
     "e2e/values.yaml",
     "e2e/existing-values.yaml",
+    "e2e/example-values.yaml",
     "e2e/harness/values.yaml",
 ]
 
@@ -87,6 +94,8 @@ def test_values_only_override_existing_keys(path: str) -> None:
     for key in _leaves({k: v for k, v in values.items() if k not in UPSTREAM_KEYS}):
         node: Any = defaults
         for part in key.split("."):
+            if node == {}:
+                break  # a free-form map of the chart (a label selector, annotations)
             assert isinstance(node, dict), f"{path}: {key} is not a chart value"
             assert part in node, f"{path}: {key} is not a chart value"
             node = node[part]
@@ -106,13 +115,41 @@ def test_dev_values_fit_the_inner_loop() -> None:
 
 def test_existing_cluster_values_keep_the_chart_defaults() -> None:
     """`make e2e-existing` and .ci/run install as a user would: the chart's defaults plus only
-    what the suite needs (two workers) and, with the harness, the external NATS and Valkey."""
-    assert _values("e2e/existing-values.yaml") == {
-        "config": {"taskModules": "app.tasks.example"},
-        "worker": {"autoscaling": {"minReplicas": 2}},
+    what the suite needs (two workers, the example task package) and, with the harness, the
+    external NATS and Valkey, fenced by the release's NetworkPolicies."""
+    assert _values("e2e/existing-values.yaml") == {"worker": {"autoscaling": {"minReplicas": 2}}}
+    assert _values("e2e/example-values.yaml") == {
+        "config": {"taskModules": "app.tasks.example,acme_tasks.tasks"}
     }
     harness = _values("e2e/harness/values.yaml")
-    assert set(harness) == {"nats", "valkey", "externalNats", "externalRedis"}
+    assert set(harness) == {"nats", "valkey", "externalNats", "externalRedis", "networkPolicy"}
+
+
+def test_example_values_name_the_example_packages_module() -> None:
+    """e2e/example-values.yaml serves examples/acme-tasks (the image e2e/run.sh deploys)."""
+    modules = _values("e2e/example-values.yaml")["config"]["taskModules"].split(",")
+    for module in modules:
+        root = ROOT / "examples" / "acme-tasks" if module.startswith("acme_tasks") else ROOT
+        assert (root / (module.replace(".", "/") + ".py")).is_file(), module
+
+
+def test_harness_servers_are_fenced_by_the_release(chart: Path) -> None:
+    """The harness's NATS and Valkey pods get the release's NetworkPolicies: client ports only from
+    the release's pods (e2e/test_network_policy.py checks that the cluster enforces them)."""
+    values = _values("e2e/existing-values.yaml") | _values("e2e/harness/values.yaml")
+    objects = render_objects(chart, values, name="kiqstack", namespace="kiqstack")
+    release = [{"podSelector": {"matchLabels": {"app.kubernetes.io/instance": "kiqstack"}}}]
+    for name, manifest, port in (("nats", "nats.yaml", 4222), ("valkey", "valkey.yaml", 6379)):
+        pod_labels = next(
+            o["spec"]["template"]["metadata"]["labels"]
+            for o in load_yaml_all(ROOT / "e2e" / "harness" / manifest)
+            if o["kind"] == "Deployment"
+        )
+        policy = find(objects, "NetworkPolicy", f"kiqstack-{name}")["spec"]
+        selector = policy["podSelector"]["matchLabels"]
+        assert selector.items() <= pod_labels.items(), (name, selector, pod_labels)
+        client_rule = next(r for r in policy["ingress"] if r["ports"][0]["port"] == port)
+        assert client_rule["from"] == release, client_rule
 
 
 def test_e2e_values_fit_the_suite() -> None:
