@@ -21,6 +21,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
 # The example tasks of app/tasks/example.py (names are `module:function`).
 ADD = "app.tasks.example:add"
@@ -281,21 +282,14 @@ def kubectl_path() -> str | None:
 
 # --- Prometheus text format -------------------------------------------------------------------
 
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
 
 def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
     """Samples of a Prometheus text exposition as (name, labels, value)."""
-    samples = []
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        match = _SAMPLE.match(line)
-        if match:
-            labels = dict(_LABEL.findall(match.group(2) or ""))
-            samples.append((match.group(1), labels, float(match.group(3))))
-    return samples
+    return [
+        (sample.name, dict(sample.labels), float(sample.value))
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    ]
 
 
 def metric_names(text: str) -> set[str]:

@@ -91,9 +91,14 @@ def test_values_only_override_existing_keys(path: str) -> None:
     """Per-environment files hold overrides only: every kiqstack key exists in values.yaml."""
     defaults = load_yaml(CHART_DIR / "values.yaml")
     values = _values(path)
+    # A pool `workers.<name>` takes the keys of `worker` (its defaults) and of the default pool.
+    pool_keys = {**defaults["worker"], **defaults["workers"]["default"]}
     for key in _leaves({k: v for k, v in values.items() if k not in UPSTREAM_KEYS}):
         node: Any = defaults
-        for part in key.split("."):
+        parts = key.split(".")
+        if parts[0] == "workers" and len(parts) > 2:
+            node, parts = pool_keys, parts[2:]
+        for part in parts:
             if node == {}:
                 break  # a free-form map of the chart (a label selector, annotations)
             assert isinstance(node, dict), f"{path}: {key} is not a chart value"
@@ -115,12 +120,14 @@ def test_dev_values_fit_the_inner_loop() -> None:
 
 def test_existing_cluster_values_keep_the_chart_defaults() -> None:
     """`make e2e-existing` and .ci/run install as a user would: the chart's defaults plus only
-    what the suite needs (two workers, the example task package) and, with the harness, the
-    external NATS and Valkey, fenced by the release's NetworkPolicies."""
+    what the suite needs (two workers, the example task package and a pool for its `cpu` queue)
+    and, with the harness, the external NATS and Valkey, fenced by the release's NetworkPolicies."""
     assert _values("e2e/existing-values.yaml") == {"worker": {"autoscaling": {"minReplicas": 2}}}
-    assert _values("e2e/example-values.yaml") == {
-        "config": {"taskModules": "app.tasks.example,acme_tasks.tasks"}
-    }
+    example = _values("e2e/example-values.yaml")
+    assert set(example) == {"config", "workers"}
+    assert example["config"] == {"taskModules": "app.tasks.example,acme_tasks.tasks"}
+    assert set(example["workers"]) == {"cpu"}
+    assert example["workers"]["cpu"]["queues"] == ["cpu"]
     harness = _values("e2e/harness/values.yaml")
     assert set(harness) == {"nats", "valkey", "externalNats", "externalRedis", "networkPolicy"}
 
