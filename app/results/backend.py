@@ -100,6 +100,7 @@ class KiqResultBackend(RedisAsyncResultBackend[_ReturnType]):
     async def shutdown(self) -> None:
         """Stop listening for notifications, then close the connection pool."""
         await self.waiter.close()
+        await self.writer.close()
         await super().shutdown()
 
     # -- worker side ------------------------------------------------------------------------

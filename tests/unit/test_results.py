@@ -51,20 +51,13 @@ async def test_results_finishing_together_share_a_round_trip(
     backend: KiqResultBackend[Any],
 ) -> None:
     executed: list[int] = []
-    pipeline = backend.redis.pipeline
+    send = backend.writer._send
 
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        pipe = pipeline(*args, **kwargs)
-        execute = pipe.execute
+    async def counting(commands: list[Any]) -> list[Any]:
+        executed.append(len(commands))
+        return await send(commands)
 
-        async def run(*a: Any, **k: Any) -> Any:
-            executed.append(len(pipe.command_stack))
-            return await execute(*a, **k)
-
-        pipe.execute = run
-        return pipe
-
-    backend.redis.pipeline = counting  # type: ignore[method-assign]
+    backend.writer._send = counting  # type: ignore[method-assign]
     await asyncio.gather(*(backend.set_result(f"b{i}", ok(i)) for i in range(20)))
     assert sum(executed) == 20 + len(executed)  # every SET, plus one PUBLISH per batch
     assert len(executed) < 20
@@ -127,22 +120,38 @@ async def test_a_failed_save_flags_the_delivery(backend: KiqResultBackend[Any]) 
     assert result_save_failed() is False  # only the task that failed
 
 
-async def test_a_pipeline_error_reaches_every_writer(backend: KiqResultBackend[Any]) -> None:
-    async def down(*_: Any, **__: Any) -> Any:
+async def test_a_connection_error_reaches_every_writer(backend: KiqResultBackend[Any]) -> None:
+    def down(*_: Any, **__: Any) -> Any:
         raise ConnectionError("down")
 
-    pipe = backend.redis.pipeline
+    backend.writer.redis.connection_pool.make_connection = down  # type: ignore[method-assign]
 
-    def failing(*a: Any, **k: Any) -> Any:
-        p = pipe(*a, **k)
-        p.execute = down
-        return p
-
-    backend.redis.pipeline = failing  # type: ignore[method-assign]
     results = await asyncio.gather(
         *(backend.set_result(f"f{i}", ok(i)) for i in range(3)), return_exceptions=True
     )
     assert all(isinstance(r, ConnectionError) for r in results)
+
+
+async def test_an_error_answer_reaches_only_its_writer(backend: KiqResultBackend[Any]) -> None:
+    # A command Redis refuses, in a batch next to good SETs: only its own reply is the error.
+    good = backend.writer.write("w-ok", b"1")
+    replies = await backend.writer._send([(b"SET", "w-a", b"1"), (b"NOSUCHCOMMAND",)])
+    await good
+    assert replies[0] == b"OK"
+    assert "unknown command" in str(replies[1]).lower()
+    assert await backend.redis.get("w-ok") == b"1"
+    assert await backend.redis.get("w-a") == b"1"
+
+
+async def test_a_broken_connection_is_replaced(backend: KiqResultBackend[Any]) -> None:
+    await backend.set_result("r1", ok(1))
+    connection = backend.writer._connection
+    assert connection is not None
+    await connection.disconnect()  # as after a Redis restart
+    await backend.set_result("r2", ok(2))
+    assert (await backend.get_result("r2")).return_value == 2
+    await backend.shutdown()
+    assert backend.writer._connection is None
 
 
 async def test_dispatch_records(backend: KiqResultBackend[Any], settings) -> None:
