@@ -189,6 +189,9 @@ class KiqBroker(AsyncBroker):
         limit = self.message_limit()
         if size > limit:
             raise PayloadTooLargeError(size=size, limit=limit)
+        backend = self.result_backend
+        if isinstance(backend, KiqResultBackend):
+            backend.expect(message.task_id)  # a waiter here then skips its first EXISTS
         await self.transport.publish(self.subject_for(message), message.message, headers)
 
     # -- consumption ------------------------------------------------------------------------

@@ -181,3 +181,64 @@ def test_the_backend_is_usable_from_another_event_loop(backend: KiqResultBackend
     asyncio.run(backend.set_result("loop1", ok(1)))
     assert asyncio.run(backend.read_result("loop1"))["return_value"] == 1
     asyncio.run(backend.set_result("loop2", ok(2)))
+
+
+def _count_exists(backend: KiqResultBackend[Any]) -> list[str]:
+    calls: list[str] = []
+    exists = backend.redis.exists
+
+    async def counting(*keys: str) -> int:
+        calls.extend(keys)
+        return await exists(*keys)
+
+    backend.redis.exists = counting  # type: ignore[method-assign]
+    return calls
+
+
+async def _subscribe(reader: KiqResultBackend[Any]) -> None:
+    # A first wait starts the subscription, as in a client that awaits results.
+    assert await reader.wait_for_result("warm-up", 0.05) is False
+
+
+async def test_an_expected_result_needs_no_exists(
+    backend: KiqResultBackend[Any], reader: KiqResultBackend[Any]
+) -> None:
+    await _subscribe(reader)
+    calls = _count_exists(reader)
+    reader.expect("x-late")  # dispatched, then waited for before the result comes
+    reader.expect("x-early")  # dispatched, and its result announced before anyone waits
+    await backend.set_result("x-early", ok("early"))
+    waiting = asyncio.create_task(reader.wait_for_result("x-late", 10))
+    await asyncio.sleep(0.05)
+    await backend.set_result("x-late", ok("late"))
+    assert await waiting is True
+    assert await reader.is_result_ready("x-early") is True
+    assert calls == []  # neither wait asked Redis whether the key exists
+    assert (await reader.get_result("x-late")).return_value == "late"
+    assert (await reader.get_result("x-early")).return_value == "early"
+
+
+async def test_an_expectation_from_an_earlier_subscription_checks_the_key(
+    backend: KiqResultBackend[Any], reader: KiqResultBackend[Any]
+) -> None:
+    await _subscribe(reader)
+    reader.expect("x-stale")
+    reader.waiter._epoch += 1  # the subscription broke and came back: announcements were missed
+    value = json.dumps(ok(1).model_dump(mode="json")).encode()
+    await backend.redis.set(backend.result_key("x-stale"), value)  # saved, never announced
+    waiting: list[bool] = []  # at each EXISTS: was the wait for the announcement still ahead?
+    exists = reader.redis.exists
+
+    async def checking(*keys: str) -> int:
+        futures = reader.waiter._waiters.get("x-stale", [])
+        waiting.append(bool(futures) and not any(f.done() for f in futures))
+        return await exists(*keys)
+
+    reader.redis.exists = checking  # type: ignore[method-assign]
+    assert await reader.wait_for_result("x-stale", 10) is True
+    assert waiting == [True]  # checked before waiting, not only after the wait ran out
+
+
+async def test_nothing_is_expected_before_a_subscription(reader: KiqResultBackend[Any]) -> None:
+    reader.expect("x-none")  # a client that never waited: no subscription, nothing kept
+    assert not reader.waiter._expected
