@@ -67,6 +67,8 @@ class TaskMetricsMiddleware(TaskiqMiddleware):
         self._started[message.task_id] = time.perf_counter()
         self._of(message.task_name).received.inc()
         metrics.TASKS_IN_FLIGHT.inc()
+        if not logger.isEnabledFor(logging.INFO):  # LOG_LEVEL=WARNING: no record, no extra dict
+            return message
         logger.info(
             "task started id=%s name=%s",
             message.task_id,
@@ -94,6 +96,8 @@ class TaskMetricsMiddleware(TaskiqMiddleware):
         series.duration.observe(duration)
         outcome = "error" if result.is_err else "success"
         (series.failed if result.is_err else series.succeeded).inc()
+        if not logger.isEnabledFor(logging.INFO):
+            return
         error = f" error={type(result.error).__name__}: {result.error}" if result.is_err else ""
         logger.info(
             "task finished id=%s name=%s duration=%.4fs outcome=%s%s",

@@ -222,8 +222,8 @@ def worker_imports(infra: Infra, workdir: Path) -> dict[str, Any]:
         _cleanup(env, infra)
     modules: dict[str, int] = {}
     entries: list[tuple[int, str, int]] = []  # (depth, module, cumulative µs), children first
-    # `python -m app worker` execs `taskiq worker` (the import log starts again); taskiq then
-    # forks the worker process, whose late imports follow. Keep the interpreter after the exec.
+    # `python -m app worker` runs taskiq's process manager in-process (no exec: one import log);
+    # the worker process it forks logs its own late imports after the supervisor's.
     text = log.read_text(errors="replace")
     segments = text.split("import time: self [us] | cumulative | imported package")
     pre_exec = sum(1 for line in segments[-2].splitlines() if IMPORT_LINE.search(line))
@@ -248,7 +248,9 @@ def worker_imports(infra: Infra, workdir: Path) -> dict[str, Any]:
             for p, us in by_package.most_common(30)
         ],
         "web_framework_loaded": sorted(
-            p for p in ("fastapi", "starlette", "uvicorn", "httptools", "httpx") if p in counts
+            p
+            for p in ("fastapi", "starlette", "uvicorn", "aiohttp", "httptools", "httpx")
+            if p in counts
         ),
         "rss_alone_mb": _rss_alone(heavy),
         "imported_via": _importers(entries, heavy),
