@@ -49,8 +49,13 @@ class _DeferredModule(types.ModuleType):
 
 
 def _defer(name: str) -> None:
-    if name not in sys.modules and importlib.machinery.PathFinder.find_spec(name) is not None:
-        sys.modules[name] = _DeferredModule(name)
+    if name in sys.modules:
+        return
+    spec = importlib.machinery.PathFinder.find_spec(name)
+    if spec is not None:
+        deferred = _DeferredModule(name)
+        deferred.__spec__ = spec  # importlib.util.find_spec(name) answers as for the real one
+        sys.modules[name] = deferred
 
 
 class _PostponedAnnotationsLoader(importlib.machinery.SourceFileLoader):

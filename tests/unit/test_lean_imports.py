@@ -75,6 +75,9 @@ def test_deferred_aiohttp_and_fastapi_depends_still_work() -> None:
         import taskiq
         from taskiq.middlewares import TaskiqAdminMiddleware
         before = [is_loaded("aiohttp"), is_loaded("fastapi")]
+        import importlib.util
+        assert importlib.util.find_spec("aiohttp").name == "aiohttp"  # optional-dependency checks
+        assert not is_loaded("aiohttp")
         from taskiq_dependencies import DependencyGraph
         from fastapi import Depends
 
