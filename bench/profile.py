@@ -247,10 +247,12 @@ def worker_imports(infra: Infra, workdir: Path) -> dict[str, Any]:
             {"package": p, "modules": counts[p], "self_import_ms": round(us / 1000, 1)}
             for p, us in by_package.most_common(30)
         ],
+        # The package itself, not any module under it: app.lean_imports makes taskiq's attempt
+        # at `fastapi.params` fail at once, which the import log still lists.
         "web_framework_loaded": sorted(
             p
             for p in ("fastapi", "starlette", "uvicorn", "aiohttp", "httptools", "httpx")
-            if p in counts
+            if p in modules
         ),
         "rss_alone_mb": _rss_alone(heavy),
         "imported_via": _importers(entries, heavy),
@@ -358,8 +360,8 @@ def markdown(doc: dict[str, Any], top: int = 15) -> str:
     imports = doc.get("imports")
     if imports:
         lines += [
-            f"#### Worker imports: {imports['modules']} modules ({imports['modules_before_exec']} "
-            "more in `python -m app worker` before it execs taskiq); worker process RSS "
+            f"#### Worker imports: {imports['modules']} modules (supervisor and worker process of "
+            "`python -m app worker`); worker process RSS "
             f"{imports['worker_process_rss_mb']} MB idle after startup (supervisor "
             f"{imports['supervisor_rss_mb']} MB); web framework modules loaded: "
             f"{', '.join(imports['web_framework_loaded']) or 'none'}",
