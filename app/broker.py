@@ -233,6 +233,9 @@ class KiqBroker(AsyncBroker):
             raise PayloadTooLargeError(size=size, limit=limit)
         await self.transport.ensure_queue(queue)
         if due is None:
+            backend = self.result_backend
+            if isinstance(backend, KiqResultBackend):
+                backend.expect(message.task_id)  # a waiter here then skips its first EXISTS
             await self.transport.publish(target, message.message, headers)
             return
         lifecycle = self.results.lifecycle

@@ -10,11 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from types import FrameType
 from typing import TYPE_CHECKING
-
-import uvicorn
-from uvicorn.supervisors import ChangeReload
 
 from app.config import Settings
 from app.logs import TEXT_FORMAT, configure_logging
@@ -22,98 +18,22 @@ from app.logs import TEXT_FORMAT, configure_logging
 if TYPE_CHECKING:
     from taskiq.cli.worker.args import WorkerArgs
 
-    from app.api.deps import Lifecycle
-
 logger = logging.getLogger("kiqstack.runner")
 
 BROKER_REF = "app.tasks.broker:broker"
 
 
-class DrainingServer(uvicorn.Server):
-    """uvicorn server that turns ``/readyz`` to 503 on SIGTERM and closes only after a delay.
-
-    The delay lets Kubernetes take the pod out of its Service endpoints before connections are
-    refused (podinfo's shutdown order). A second signal exits at once.
-    """
-
-    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, delay: float) -> None:
-        """Create the server.
-
-        :param config: uvicorn config.
-        :param lifecycle: draining state shared with the app.
-        :param delay: seconds between SIGTERM and closing.
-        """
-        super().__init__(config)
-        self.lifecycle = lifecycle
-        self.delay = delay
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        """Start draining on the first signal; exit on the second or when the delay is over.
-
-        Before startup is over (NATS not answering yet) there is nothing to drain: stop at once.
-        """
-        if not self.started:
-            self.should_exit = True
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                return
-            loop.call_soon_threadsafe(self.lifecycle.stop_requested.set)
-            return
-        if self.lifecycle.draining or self.delay <= 0:
-            self.should_exit = True
-            if self.lifecycle.draining and sig == signal.SIGINT:
-                self.force_exit = True
-            return
-        self.lifecycle.draining = True
-        logger.info(
-            "signal %s: /readyz answers 503, closing in %.1fs", signal.Signals(sig).name, self.delay
-        )
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.should_exit = True
-            return
-        loop.call_soon_threadsafe(loop.call_later, self.delay, self._finish)
-
-    def _finish(self) -> None:
-        self.should_exit = True
-
-
 def run_server(settings: Settings) -> int:
-    """Serve the API with uvicorn until SIGTERM.
+    """Serve the API with uvicorn until SIGTERM (:func:`app.serving.run_server`).
 
-    The API is on ``PORT`` with the limits of :mod:`app.http_protocol`; ``/metrics``, ``/livez``
-    and ``/readyz`` are on :attr:`Settings.server_metrics_port` (``METRICS_PORT``, or
-    ``METRICS_PORT + 1`` with ``RUN_MODE=both``).
+    uvicorn and the API are imported here, not at the top: a worker never loads them.
 
     :param settings: kiqstack settings.
     :return: exit code.
     """
-    configure_logging(settings)
-    from app.http_protocol import edge_config
+    from app.serving import run_server as serve
 
-    if settings.reload:
-        # uvicorn.run(reload=True) with kiqstack's config: the reloader re-imports the factory.
-        config = edge_config(
-            settings, "app.main:app_factory", factory=True, reload=True, reload_dirs=["app"]
-        )
-        sock = config.bind_socket()
-        ChangeReload(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
-        return 0
-    from app.api.deps import Lifecycle
-    from app.main import create_app
-
-    lifecycle = Lifecycle()
-    app = create_app(settings, lifecycle, metrics_port=settings.server_metrics_port)
-    config = edge_config(
-        settings,
-        app,
-        timeout_graceful_shutdown=max(5, int(settings.shutdown_delay_seconds) + 5),
-    )
-    server = DrainingServer(config, lifecycle, settings.shutdown_delay_seconds)
-    server.run()
-    return 0 if server.started else 1
+    return serve(settings)
 
 
 def run_scheduler(settings: Settings) -> int:
@@ -203,11 +123,26 @@ def run_worker(settings: Settings) -> int:
     """
     prepare_worker_environment(settings)
     configure_logging(settings)
+    return serve_worker(worker_args(settings))
+
+
+def worker_args(settings: Settings) -> WorkerArgs:
+    """Parse :func:`worker_arguments` with taskiq, keeping the web stack out of the worker.
+
+    FastAPI, Starlette, uvicorn and aiohttp are not imported (:mod:`app.lean_imports`): the worker
+    processes fork from this process and load only what running tasks needs.
+
+    :param settings: kiqstack settings.
+    :return: taskiq's worker arguments.
+    """
+    from app.lean_imports import keep_web_stack_out
+
+    keep_web_stack_out()  # before taskiq is imported
     from taskiq.cli.worker.args import WorkerArgs
 
     args = WorkerArgs.from_cli(worker_arguments(settings))
     args.configure_logging = False
-    return serve_worker(args)
+    return args
 
 
 def serve_worker(args: WorkerArgs) -> int:

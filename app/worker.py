@@ -70,6 +70,8 @@ class TaskMetricsMiddleware(TaskiqMiddleware):
         queue = queue_of(message.labels)
         self._of(message.task_name, queue).received.inc()
         metrics.TASKS_IN_FLIGHT.inc()
+        if not logger.isEnabledFor(logging.INFO):  # LOG_LEVEL=WARNING: no record, no extra dict
+            return message
         logger.info(
             "task started id=%s name=%s queue=%s",
             message.task_id,
@@ -105,6 +107,8 @@ class TaskMetricsMiddleware(TaskiqMiddleware):
         retrying = isinstance(result.error, NoResultError)  # a retry follows (app.lifecycle)
         outcome = "retrying" if retrying else "error" if result.is_err else "success"
         (series.failed if result.is_err else series.succeeded).inc()
+        if not logger.isEnabledFor(logging.INFO):
+            return
         error = (
             f" error={type(result.error).__name__}: {result.error}"
             if result.is_err and not retrying

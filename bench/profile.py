@@ -222,8 +222,8 @@ def worker_imports(infra: Infra, workdir: Path) -> dict[str, Any]:
         _cleanup(env, infra)
     modules: dict[str, int] = {}
     entries: list[tuple[int, str, int]] = []  # (depth, module, cumulative µs), children first
-    # `python -m app worker` execs `taskiq worker` (the import log starts again); taskiq then
-    # forks the worker process, whose late imports follow. Keep the interpreter after the exec.
+    # `python -m app worker` runs taskiq's process manager in-process (no exec: one import log);
+    # the worker process it forks logs its own late imports after the supervisor's.
     text = log.read_text(errors="replace")
     segments = text.split("import time: self [us] | cumulative | imported package")
     pre_exec = sum(1 for line in segments[-2].splitlines() if IMPORT_LINE.search(line))
@@ -247,8 +247,12 @@ def worker_imports(infra: Infra, workdir: Path) -> dict[str, Any]:
             {"package": p, "modules": counts[p], "self_import_ms": round(us / 1000, 1)}
             for p, us in by_package.most_common(30)
         ],
+        # The package itself, not any module under it: app.lean_imports makes taskiq's attempt
+        # at `fastapi.params` fail at once, which the import log still lists.
         "web_framework_loaded": sorted(
-            p for p in ("fastapi", "starlette", "uvicorn", "httptools", "httpx") if p in counts
+            p
+            for p in ("fastapi", "starlette", "uvicorn", "aiohttp", "httptools", "httpx")
+            if p in modules
         ),
         "rss_alone_mb": _rss_alone(heavy),
         "imported_via": _importers(entries, heavy),
@@ -356,8 +360,8 @@ def markdown(doc: dict[str, Any], top: int = 15) -> str:
     imports = doc.get("imports")
     if imports:
         lines += [
-            f"#### Worker imports: {imports['modules']} modules ({imports['modules_before_exec']} "
-            "more in `python -m app worker` before it execs taskiq); worker process RSS "
+            f"#### Worker imports: {imports['modules']} modules (supervisor and worker process of "
+            "`python -m app worker`); worker process RSS "
             f"{imports['worker_process_rss_mb']} MB idle after startup (supervisor "
             f"{imports['supervisor_rss_mb']} MB); web framework modules loaded: "
             f"{', '.join(imports['web_framework_loaded']) or 'none'}",

@@ -102,6 +102,7 @@ class KiqResultBackend(RedisAsyncResultBackend[_ReturnType]):
     async def shutdown(self) -> None:
         """Stop listening for notifications, then close the connection pool."""
         await self.waiter.close()
+        await self.writer.close()
         await super().shutdown()
 
     # -- worker side ------------------------------------------------------------------------
@@ -134,6 +135,13 @@ class KiqResultBackend(RedisAsyncResultBackend[_ReturnType]):
         """
         self._check_loop()
         return await self.waiter.wait_once(task_id, self.notify_wait_seconds)
+
+    def expect(self, task_id: str) -> None:
+        """Note a task this process is about to dispatch (:meth:`ResultWaiter.expect`).
+
+        :param task_id: the task's id.
+        """
+        self.waiter.expect(task_id)
 
     async def wait_for_result(self, task_id: str, seconds: float) -> bool:
         """Wait up to ``seconds`` for a task's result.

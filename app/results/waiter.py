@@ -5,6 +5,11 @@ registers the task id, checks the key once (the result may already be there), th
 the notification, with the key checked again at least every ``notify_wait_seconds``, so a lost
 notification (Redis restart, subscription down) costs latency, never a result. Small results travel
 inside the notification (:mod:`app.results.writer`), which saves the client its ``GET``.
+
+A client that dispatches a task while subscribed first marks its id *expected* (:meth:`expect`,
+called by the broker's ``kick`` before the publish): its announcement is kept even if it comes
+before anyone waits, so the first wait for that id needs no ``EXISTS`` round trip, provided the
+subscription has not been interrupted since (each subscription has its own epoch).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from redis.asyncio import Redis
 
 logger = logging.getLogger("kiqstack.results")
 
+_ANNOUNCED = -1  # an expected id whose announcement came before anyone waited
+
 
 class ResultWaiter:
     """Futures woken by the notification channel, and the results that came inline."""
@@ -27,6 +34,9 @@ class ResultWaiter:
     #: again and answers.
     notify_wait_seconds = 0.5
     _INLINE_CACHE = 10_000
+    #: Most task ids kept as expected (dispatched, not yet waited for); the oldest go first and
+    #: are then checked with ``EXISTS`` as any other id.
+    _EXPECTED_CACHE = 10_000
 
     def __init__(self, redis: Redis, channel: str, key_of: Callable[[str], str]) -> None:
         """Create the waiter (nothing is subscribed until the first wait).
@@ -47,6 +57,22 @@ class ResultWaiter:
         self._inline: OrderedDict[str, bytes] = OrderedDict()
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        # Ids dispatched while subscribed: the subscription epoch then, or _ANNOUNCED.
+        self._expected: OrderedDict[str, int] = OrderedDict()
+        self._epoch = 0  # counts subscriptions (and their ends)
+
+    def expect(self, task_id: str) -> None:
+        """Keep the announcement of a task about to be dispatched, even before anyone waits.
+
+        Does nothing unless this client is subscribed (a client that never waits never is).
+
+        :param task_id: the task's id.
+        """
+        if self._subscribed.is_set():
+            expected = self._expected
+            expected[task_id] = self._epoch
+            if len(expected) > self._EXPECTED_CACHE:
+                expected.popitem(last=False)
 
     def cancel(self) -> None:
         """Stop listening (without waiting for the subscription to close)."""
@@ -76,6 +102,7 @@ class ResultWaiter:
                     if kind == "message":
                         self._notified(message["data"])
                     elif kind == "subscribe":
+                        self._epoch += 1
                         self._subscribed.set()
                         # Anything published while we were not subscribed was missed: every
                         # waiter checks its key again.
@@ -85,6 +112,7 @@ class ResultWaiter:
             except Exception as exc:
                 logger.debug("result notifications interrupted: %s", exc)
             finally:
+                self._epoch += 1  # expectations from before may have missed announcements
                 self._subscribed.clear()
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -98,6 +126,10 @@ class ResultWaiter:
             task_id = raw_id.decode()
             futures = waiters.get(task_id)
             if futures is None:
+                if task_id in self._expected:
+                    self._expected[task_id] = _ANNOUNCED
+                    if value:
+                        self._keep_inline(task_id, value)
                 continue
             if value:
                 self._inline[task_id] = value
@@ -106,6 +138,11 @@ class ResultWaiter:
             for future in futures:
                 if not future.done():
                     future.set_result(True)
+
+    def _keep_inline(self, task_id: str, value: bytes) -> None:
+        self._inline[task_id] = value
+        if len(self._inline) > self._INLINE_CACHE:
+            self._inline.popitem(last=False)
 
     def _wake_all(self) -> None:
         for futures in self._waiters.values():
@@ -129,7 +166,8 @@ class ResultWaiter:
         :param seconds: how long to wait at most (0: only check).
         :return: True when the result is there.
         """
-        if task_id in self._inline:
+        if task_id in self._inline or self._expected.get(task_id) == _ANNOUNCED:
+            self._expected.pop(task_id, None)
             return True
         key = self.key_of(task_id)
         if seconds <= 0 or not await self._ensure_listener():
@@ -137,8 +175,13 @@ class ResultWaiter:
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(task_id, []).append(future)
         try:
-            # Subscribed before this check: a result saved after it is announced to us.
-            if await self.redis.exists(key):
+            expected = self._expected.pop(task_id, None)
+            if expected == _ANNOUNCED:
+                return True
+            # Expected in this same subscription: its announcement cannot have been missed.
+            # Otherwise (subscribed before this check) a result saved after it is announced.
+            unbroken = expected == self._epoch and self._subscribed.is_set()
+            if not unbroken and await self.redis.exists(key):
                 return True
             with contextlib.suppress(TimeoutError):
                 if await asyncio.wait_for(future, seconds):

@@ -4,14 +4,28 @@ Each write is a ``SET key value EX ttl``; a write that announces a task id also 
 the notification channel (:mod:`app.results.waiter`), with the value inline when it is small. A
 writer still returns only once Redis acknowledged *its own* ``SET``, so the broker's ack still
 follows the save.
+
+A batch goes out on a connection of the writer's own, packed and read back directly: redis-py's
+``Pipeline`` (a pool checkout with its health check, the retry wrapper, observability hooks and
+reply callbacks per batch) cost more CPU than the commands themselves. A batch that meets a broken
+connection is sent again once on a fresh one (``SET`` with the same value is idempotent, a
+repeated announcement harmless); what Redis answers with an error reaches that write's caller.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+#: Failures of the connection itself (not answers of Redis): the batch is sent once more.
+_BROKEN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 logger = logging.getLogger("kiqstack.results")
 
@@ -35,7 +49,9 @@ class BatchedWriter:
         """
         self.redis = redis
         self.ttl = ttl
+        self.ttl_arg = str(ttl).encode()
         self.channel = channel
+        self._connection: AbstractConnection | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -44,6 +60,45 @@ class BatchedWriter:
         self._pending: list[tuple[str, bytes, str | None, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._last_flush = float("-inf")  # loop time the last batch was written
+        # A connection belongs to the event loop that opened it: a new loop opens its own.
+        self._connection = None
+
+    async def close(self) -> None:
+        """Close the writer's connection (it is opened again by the next batch)."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.disconnect()
+
+    async def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send commands in one write and read every reply (an error reply is returned, not raised).
+
+        :raises Exception: when the connection fails twice in a row (it is closed then).
+        """
+        for attempt in (1, 2):
+            connection = self._connection
+            if connection is None:
+                pool = self.redis.connection_pool
+                connection = self._connection = pool.make_connection()  # type: ignore[no-untyped-call]
+            try:
+                await connection.connect()
+                await connection.send_packed_command(
+                    connection.pack_commands(commands), check_health=False
+                )
+                replies: list[Any] = []
+                for _ in commands:
+                    try:
+                        replies.append(await connection.read_response())
+                    except ResponseError as exc:
+                        replies.append(exc)
+                return replies
+            except BaseException as exc:
+                # The replies on the wire are unknown now: never reuse this connection.
+                self._connection = None
+                await connection.disconnect()
+                if attempt == 2 or not isinstance(exc, _BROKEN):
+                    raise
+                logger.debug("result write: connection broken (%s), sending again", exc)
+        raise AssertionError("unreachable")
 
     async def write(self, key: str, value: bytes, announce: str | None = None) -> None:
         """``SET key value EX ttl`` in the next pipelined batch; return once Redis has it.
@@ -70,17 +125,17 @@ class BatchedWriter:
         await asyncio.sleep(self.batch_delay_seconds if busy else 0)
         while self._pending:
             batch, self._pending = self._pending, []
-            pipe = self.redis.pipeline(transaction=False)
+            commands: list[tuple[Any, ...]] = []
             lines = []
             for key, value, task_id, _ in batch:
-                pipe.set(key, value, ex=self.ttl)
+                commands.append((b"SET", key, value, b"EX", self.ttl_arg))
                 if task_id is not None:
                     inline = len(value) <= self.inline_limit and b"\n" not in value
                     lines.append(task_id.encode() + b" " + value if inline else task_id.encode())
             if lines:
-                pipe.publish(self.channel, b"\n".join(lines))
+                commands.append((b"PUBLISH", self.channel, b"\n".join(lines)))
             try:
-                replies = await pipe.execute(raise_on_error=False)
+                replies = await self._send(commands)
             except Exception as exc:
                 replies = [exc] * (len(batch) + 1)
             self._last_flush = loop.time()

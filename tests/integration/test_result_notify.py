@@ -57,6 +57,15 @@ async def test_result_saved_before_the_wait_is_found(writer, reader) -> None:
     assert (await reader.get_result("t-early")).return_value == "early"
 
 
+async def test_a_save_survives_its_connection_being_killed(writer, reader) -> None:
+    await writer.set_result("t-before", _ok(1))
+    # Redis closes every other client's connection, the writer's own included.
+    killed = await reader.redis.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    assert killed >= 1
+    await writer.set_result("t-after", _ok(2))  # sent again on a fresh connection
+    assert (await reader.get_result("t-after")).return_value == 2
+
+
 async def test_every_save_is_announced_on_the_channel(writer, settings: Settings) -> None:
     async with Redis.from_url(settings.redis_url) as redis:
         pubsub = redis.pubsub()

@@ -51,20 +51,13 @@ async def test_results_finishing_together_share_a_round_trip(
     backend: KiqResultBackend[Any],
 ) -> None:
     executed: list[int] = []
-    pipeline = backend.redis.pipeline
+    send = backend.writer._send
 
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        pipe = pipeline(*args, **kwargs)
-        execute = pipe.execute
+    async def counting(commands: list[Any]) -> list[Any]:
+        executed.append(len(commands))
+        return await send(commands)
 
-        async def run(*a: Any, **k: Any) -> Any:
-            executed.append(len(pipe.command_stack))
-            return await execute(*a, **k)
-
-        pipe.execute = run
-        return pipe
-
-    backend.redis.pipeline = counting  # type: ignore[method-assign]
+    backend.writer._send = counting  # type: ignore[method-assign]
     await asyncio.gather(*(backend.set_result(f"b{i}", ok(i)) for i in range(20)))
     assert sum(executed) == 20 + len(executed)  # every SET, plus one PUBLISH per batch
     assert len(executed) < 20
@@ -127,22 +120,38 @@ async def test_a_failed_save_flags_the_delivery(backend: KiqResultBackend[Any]) 
     assert result_save_failed() is False  # only the task that failed
 
 
-async def test_a_pipeline_error_reaches_every_writer(backend: KiqResultBackend[Any]) -> None:
-    async def down(*_: Any, **__: Any) -> Any:
+async def test_a_connection_error_reaches_every_writer(backend: KiqResultBackend[Any]) -> None:
+    def down(*_: Any, **__: Any) -> Any:
         raise ConnectionError("down")
 
-    pipe = backend.redis.pipeline
+    backend.writer.redis.connection_pool.make_connection = down  # type: ignore[method-assign]
 
-    def failing(*a: Any, **k: Any) -> Any:
-        p = pipe(*a, **k)
-        p.execute = down
-        return p
-
-    backend.redis.pipeline = failing  # type: ignore[method-assign]
     results = await asyncio.gather(
         *(backend.set_result(f"f{i}", ok(i)) for i in range(3)), return_exceptions=True
     )
     assert all(isinstance(r, ConnectionError) for r in results)
+
+
+async def test_an_error_answer_reaches_only_its_writer(backend: KiqResultBackend[Any]) -> None:
+    # A command Redis refuses, in a batch next to good SETs: only its own reply is the error.
+    good = backend.writer.write("w-ok", b"1")
+    replies = await backend.writer._send([(b"SET", "w-a", b"1"), (b"NOSUCHCOMMAND",)])
+    await good
+    assert replies[0] == b"OK"
+    assert "unknown command" in str(replies[1]).lower()
+    assert await backend.redis.get("w-ok") == b"1"
+    assert await backend.redis.get("w-a") == b"1"
+
+
+async def test_a_broken_connection_is_replaced(backend: KiqResultBackend[Any]) -> None:
+    await backend.set_result("r1", ok(1))
+    connection = backend.writer._connection
+    assert connection is not None
+    await connection.disconnect()  # as after a Redis restart
+    await backend.set_result("r2", ok(2))
+    assert (await backend.get_result("r2")).return_value == 2
+    await backend.shutdown()
+    assert backend.writer._connection is None
 
 
 async def test_dispatch_records(backend: KiqResultBackend[Any], settings) -> None:
@@ -172,3 +181,64 @@ def test_the_backend_is_usable_from_another_event_loop(backend: KiqResultBackend
     asyncio.run(backend.set_result("loop1", ok(1)))
     assert asyncio.run(backend.read_result("loop1"))["return_value"] == 1
     asyncio.run(backend.set_result("loop2", ok(2)))
+
+
+def _count_exists(backend: KiqResultBackend[Any]) -> list[str]:
+    calls: list[str] = []
+    exists = backend.redis.exists
+
+    async def counting(*keys: str) -> int:
+        calls.extend(keys)
+        return await exists(*keys)
+
+    backend.redis.exists = counting  # type: ignore[method-assign]
+    return calls
+
+
+async def _subscribe(reader: KiqResultBackend[Any]) -> None:
+    # A first wait starts the subscription, as in a client that awaits results.
+    assert await reader.wait_for_result("warm-up", 0.05) is False
+
+
+async def test_an_expected_result_needs_no_exists(
+    backend: KiqResultBackend[Any], reader: KiqResultBackend[Any]
+) -> None:
+    await _subscribe(reader)
+    calls = _count_exists(reader)
+    reader.expect("x-late")  # dispatched, then waited for before the result comes
+    reader.expect("x-early")  # dispatched, and its result announced before anyone waits
+    await backend.set_result("x-early", ok("early"))
+    waiting = asyncio.create_task(reader.wait_for_result("x-late", 10))
+    await asyncio.sleep(0.05)
+    await backend.set_result("x-late", ok("late"))
+    assert await waiting is True
+    assert await reader.is_result_ready("x-early") is True
+    assert calls == []  # neither wait asked Redis whether the key exists
+    assert (await reader.get_result("x-late")).return_value == "late"
+    assert (await reader.get_result("x-early")).return_value == "early"
+
+
+async def test_an_expectation_from_an_earlier_subscription_checks_the_key(
+    backend: KiqResultBackend[Any], reader: KiqResultBackend[Any]
+) -> None:
+    await _subscribe(reader)
+    reader.expect("x-stale")
+    reader.waiter._epoch += 1  # the subscription broke and came back: announcements were missed
+    value = json.dumps(ok(1).model_dump(mode="json")).encode()
+    await backend.redis.set(backend.result_key("x-stale"), value)  # saved, never announced
+    waiting: list[bool] = []  # at each EXISTS: was the wait for the announcement still ahead?
+    exists = reader.redis.exists
+
+    async def checking(*keys: str) -> int:
+        futures = reader.waiter._waiters.get("x-stale", [])
+        waiting.append(bool(futures) and not any(f.done() for f in futures))
+        return await exists(*keys)
+
+    reader.redis.exists = checking  # type: ignore[method-assign]
+    assert await reader.wait_for_result("x-stale", 10) is True
+    assert waiting == [True]  # checked before waiting, not only after the wait ran out
+
+
+async def test_nothing_is_expected_before_a_subscription(reader: KiqResultBackend[Any]) -> None:
+    reader.expect("x-none")  # a client that never waited: no subscription, nothing kept
+    assert not reader.waiter._expected

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import httpx
@@ -52,6 +53,19 @@ def test_metrics_middleware_counts_and_logs(caplog) -> None:
     assert result.execution_time > 0  # microseconds kept, not taskiq's 10 ms rounding
     assert "task finished id=m1 name=unit.task" in caplog.text
     assert "outcome=error error=ValueError: boom" in caplog.text
+
+
+def test_metrics_middleware_counts_without_info_logs(caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="kiqstack.worker")
+    middleware = TaskMetricsMiddleware()
+    message = TaskiqMessage(task_id="q1", task_name="unit.quiet", labels={}, args=[], kwargs={})
+    succeeded = worker_metric("kiqstack_tasks_succeeded_total", task_name="unit.quiet")
+    middleware.pre_execute(message)
+    result: TaskiqResult[Any] = TaskiqResult(is_err=False, return_value=1, execution_time=0.0)
+    middleware.post_execute(message, result)
+    assert worker_metric("kiqstack_tasks_succeeded_total", task_name="unit.quiet") == succeeded + 1
+    assert result.execution_time > 0
+    assert "q1" not in caplog.text
 
 
 async def test_a_task_runs_end_to_end_in_memory(
