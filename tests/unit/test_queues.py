@@ -23,7 +23,7 @@ from app.queues import check_queue, queue_consumer, queue_of, queue_subject
 from app.tasks.broker import broker as shared_broker
 from app.tasks.broker import build_broker, register_task
 from app.wire import QUEUE_HEADER
-from tests.support.memory import MemoryTransport, memory_broker
+from tests.support.memory import MemoryTransport, memory_backend, memory_broker
 from tests.unit.test_broker_listen import task_body
 
 BURN = "app.tasks.example:cpu_burn"
@@ -226,6 +226,8 @@ async def test_a_queue_with_every_slot_taken_does_not_stop_the_others() -> None:
         }
     )
     shared_broker.configure(settings)
+    # Admission asks the result store for a cancel flag: fakeredis, not a Redis server.
+    shared_broker.result_backend = memory_backend(settings)
     transport = shared_broker.transport
     assert isinstance(transport, JetStreamTransport)
     transport.connection.client = client  # type: ignore[assignment]
@@ -264,6 +266,8 @@ async def test_a_released_slot_asks_its_queue_for_more() -> None:
     cpu = f"{CONSUMER}_cpu"
     client = QueueClient({cpu: [messages("cpu-1", "cpu-2"), messages("cpu-3")]})
     shared_broker.configure(settings)
+    # Admission asks the result store for a cancel flag: fakeredis, not a Redis server.
+    shared_broker.result_backend = memory_backend(settings)
     transport = shared_broker.transport
     assert isinstance(transport, JetStreamTransport)
     transport.connection.client = client  # type: ignore[assignment]
