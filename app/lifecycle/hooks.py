@@ -9,6 +9,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from nats.aio.msg import Msg
+from redis.exceptions import RedisError
 from taskiq import TaskiqMessage
 
 from app import metrics
@@ -32,6 +33,21 @@ def install(pipeline: DeliveryPipeline, broker: KiqBroker) -> None:
     """
 
     async def cancelled(msg: Msg, message: TaskiqMessage) -> Refusal | None:
+        try:
+            return await check(msg, message)
+        except RedisError as exc:
+            # Redis is restarting (or a pooled connection went stale with it): the task comes
+            # back after REDELIVERY_DELAY_SECONDS, as when its result cannot be saved, rather than
+            # after ACK_WAIT_SECONDS.
+            logger.warning(
+                "task %s (%s): cannot read its cancel flag (%s); giving it back",
+                message.task_id,
+                message.task_name,
+                describe_error(exc),
+            )
+            return Refusal(Action.GIVE_BACK, "result-store-unavailable")
+
+    async def check(msg: Msg, message: TaskiqMessage) -> Refusal | None:
         results = broker.results
         if msg.metadata.num_delivered > 1 and await retry_already_scheduled(message):
             # The worker scheduled the retry of this run, then crashed before its ack.

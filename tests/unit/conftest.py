@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from app.broker import KiqBroker
@@ -52,15 +51,6 @@ def app(settings: Settings, broker: KiqBroker) -> FastAPI:
     from app.main import create_app
 
     return create_app(settings, broker=broker)
-
-
-@pytest.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client talking to the app in-process (lifespan included)."""
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://kiqstack") as http:
-            yield http
 
 
 @pytest.fixture

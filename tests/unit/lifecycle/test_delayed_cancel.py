@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -118,3 +119,28 @@ async def test_a_cancelled_queued_task_never_runs(
     assert status["status"] == "cancelled"
     assert status["result"] is None
     assert (await client.delete(f"/tasks/{task_id}")).status_code == 200
+
+
+async def test_a_cancel_flag_that_cannot_be_read_gives_the_task_back(
+    broker: KiqBroker, transport: MemoryTransport, worker: InProcessWorker
+) -> None:
+    """Redis restarting while a delivery is admitted: the cancel check cannot answer, so the task
+    is given back (a nak with REDELIVERY_DELAY_SECONDS), never run unchecked and never left
+    unacknowledged until ACK_WAIT_SECONDS."""
+    await broker.startup()
+    server = broker.results.redis.connection_pool.connection_kwargs["server"]
+    server.connected = False  # fakeredis: every command now fails with ConnectionError
+    task = broker.find_task(ECHO)
+    assert task is not None
+    await task.kicker().with_task_id("c-redis-down").kiq(1)
+    answers: list[bytes] = []
+    for _ in range(500):
+        await asyncio.sleep(0.01)
+        await worker.drain()
+        answers = [payload for subject, payload in transport.client.sent if "$JS.ACK" in subject]
+        if answers:
+            break
+    # Given back with REDELIVERY_DELAY_SECONDS (0.5 s here, in ns), not acked, not run.
+    assert answers == [b'-NAK {"delay": 500000000}']
+    server.connected = True
+    await broker.shutdown()
