@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import httpx
 import pytest
 
 from scripts.localinfra import processes
-from tests.support.stack import Role, Stack
+from tests.support.stack import Role, Stack, poll
 
 pytestmark = [pytest.mark.integration, pytest.mark.process]
 
@@ -20,11 +19,15 @@ def _group(pgid: int) -> dict[int, str]:
     return {p.pid: p.cmdline for p in processes().values() if p.pgid == pgid and p.state != "Z"}
 
 
-def _wait_gone(pgid: int, timeout: float = 30) -> dict[int, str]:
-    deadline = time.monotonic() + timeout
-    while (left := _group(pgid)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return left
+def _wait_gone(both: Role) -> None:
+    """Wait until no process of ``both``'s group is left (a deadline, not a speed)."""
+    assert both.process is not None
+    pgid = both.process.pid
+    poll(
+        lambda: True if not _group(pgid) else None,
+        30,
+        lambda: f"still running: {_group(pgid)}\n{both.logs()}",
+    )
 
 
 def _started(stack: Stack, **settings: str) -> tuple[Role, dict[int, str]]:
@@ -53,7 +56,7 @@ def test_a_stop_signal_stops_every_process(stack: Stack, sig: signal.Signals) ->
     both.signal(sig)
     assert both.wait(60) == 0, both.logs()
     assert both.process is not None
-    assert not _wait_gone(both.process.pid), both.logs()
+    _wait_gone(both)
     assert f"{sig.name}: stopping server and worker" in both.logs()
 
 
@@ -63,7 +66,7 @@ def test_ctrl_c_in_a_terminal_stops_every_process(stack: Stack) -> None:
     assert both.process is not None
     os.killpg(both.process.pid, signal.SIGINT)
     assert both.wait(60) == 0, both.logs()
-    assert not _wait_gone(both.process.pid), both.logs()
+    _wait_gone(both)
 
 
 def test_a_child_that_does_not_stop_is_killed(stack: Stack) -> None:
