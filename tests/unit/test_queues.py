@@ -7,8 +7,9 @@ the upgrade of an old stream) is in tests/integration/test_queues.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -209,6 +210,28 @@ def expired(client: QueueClient, _: str) -> list[Msg]:
     return [Msg(_client=client, subject="_INBOX", reply="", data=b"", headers=headers)]  # type: ignore[arg-type]
 
 
+@contextlib.asynccontextmanager
+async def listening(
+    settings: Settings, client: QueueClient
+) -> AsyncIterator[tuple[JetStreamTransport, AsyncGenerator[AckableMessage, None]]]:
+    """The shared broker's listener over the scripted ``client`` (fakeredis for the results)."""
+    shared_broker.configure(settings)
+    # Admission asks the result store for a cancel flag: fakeredis, not a Redis server.
+    shared_broker.result_backend = memory_backend(settings)
+    transport = shared_broker.transport
+    assert isinstance(transport, JetStreamTransport)
+    transport.connection.client = client  # type: ignore[assignment]
+    transport.listener.reset()
+    await transport.listener.start()
+    listener = shared_broker.listen()
+    try:
+        yield transport, listener
+    finally:
+        await listener.aclose()
+        transport.inflight.stop()
+        transport.inflight.clear()
+
+
 async def test_a_queue_with_every_slot_taken_does_not_stop_the_others() -> None:
     settings = load_settings(
         nats_stream=STREAM,
@@ -225,16 +248,7 @@ async def test_a_queue_with_every_slot_taken_does_not_stop_the_others() -> None:
             CONSUMER: [expired, messages("default-1", end=True), messages("default-2")],
         }
     )
-    shared_broker.configure(settings)
-    # Admission asks the result store for a cancel flag: fakeredis, not a Redis server.
-    shared_broker.result_backend = memory_backend(settings)
-    transport = shared_broker.transport
-    assert isinstance(transport, JetStreamTransport)
-    transport.connection.client = client  # type: ignore[assignment]
-    transport.listener.reset()
-    await transport.listener.start()
-    listener = shared_broker.listen()
-    try:
+    async with listening(settings, client) as (transport, listener):
 
         async def take() -> AckableMessage:
             delivery: AckableMessage = await asyncio.wait_for(anext(listener), 10)
@@ -248,10 +262,6 @@ async def test_a_queue_with_every_slot_taken_does_not_stop_the_others() -> None:
         assert client.pulls_of(cpu) == [2]
         assert len(client.pulls_of(CONSUMER)) >= 3
         assert transport.inflight.count("cpu") == 2
-    finally:
-        await listener.aclose()
-        transport.inflight.stop()
-        transport.inflight.clear()
 
 
 async def test_a_released_slot_asks_its_queue_for_more() -> None:
@@ -265,16 +275,7 @@ async def test_a_released_slot_asks_its_queue_for_more() -> None:
     )
     cpu = f"{CONSUMER}_cpu"
     client = QueueClient({cpu: [messages("cpu-1", "cpu-2"), messages("cpu-3")]})
-    shared_broker.configure(settings)
-    # Admission asks the result store for a cancel flag: fakeredis, not a Redis server.
-    shared_broker.result_backend = memory_backend(settings)
-    transport = shared_broker.transport
-    assert isinstance(transport, JetStreamTransport)
-    transport.connection.client = client  # type: ignore[assignment]
-    transport.listener.reset()
-    await transport.listener.start()
-    listener = shared_broker.listen()
-    try:
+    async with listening(settings, client) as (_, listener):
         first = await asyncio.wait_for(anext(listener), 10)
         await asyncio.wait_for(anext(listener), 10)
         waiting = asyncio.ensure_future(anext(listener))
@@ -287,7 +288,3 @@ async def test_a_released_slot_asks_its_queue_for_more() -> None:
         third = await asyncio.wait_for(waiting, 10)
         assert json.loads(third.data)["task_id"] == "cpu-3"
         assert client.pulls_of(cpu) == [2, 1]  # one slot free: a pull for one
-    finally:
-        await listener.aclose()
-        transport.inflight.stop()
-        transport.inflight.clear()
